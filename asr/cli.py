@@ -16,10 +16,41 @@ from asr.errors import AsrError
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="write manifests for LibriSpeech or any corpus in its layout")
     p.set_defaults(func=_run_prepare)
+    kinds = p.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+    libri = kinds.add_parser(
+        "librispeech", help="LibriSpeech subsets: optional download + extraction, one manifest per subset",
+        description="Manifests for LibriSpeech subsets (openslr 12, and 31 for dev-clean-2/train-clean-5). "
+        "Archives go to DATA_DIR/downloads, audio to DATA_DIR/LibriSpeech/<subset>, manifests to "
+        "DATA_DIR/manifests/<subset>.jsonl; audio paths in a manifest are relative to the manifest.")
+    libri.add_argument("--data-dir", required=True, help="folder for downloads, audio and manifests")
+    libri.add_argument("--subsets", required=True, help="comma-separated, e.g. dev-clean,train-clean-100")
+    libri.add_argument("--download", action="store_true", help="download (resumable, MD5-checked) and extract first")
+    libri.add_argument("--mirror", default=None,
+                       help="base URL replacing https://www.openslr.org/resources (env ASR_LIBRISPEECH_MIRROR)")
+    libri.add_argument("--manifest-dir", default=None, help="where manifests go (default DATA_DIR/manifests)")
+    libri.add_argument("--num-workers", type=int, default=None, help="processes reading headers (default: CPUs, max 8)")
+    folder = kinds.add_parser(
+        "dir", help="one folder in LibriSpeech layout -> one manifest",
+        description="Manifest for one folder laid out as <speaker>/<chapter>/*.flac (or any audio format "
+        "libsndfile reads) + <speaker>-<chapter>.trans.txt. Audio paths are relative to the manifest.")
+    folder.add_argument("corpus_root", metavar="CORPUS_ROOT", help="the subset folder (holds <speaker>/ folders)")
+    folder.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    folder.add_argument("--num-workers", type=int, default=None, help="processes reading headers (default: CPUs, max 8)")
 
 
 def _run_prepare(args) -> int:
-    raise AsrError("asr prepare: not implemented yet")
+    from asr.data import librispeech
+
+    if args.corpus == "librispeech":
+        subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
+        summaries = librispeech.prepare_librispeech(
+            args.data_dir, subsets, download=args.download, mirror=args.mirror,
+            manifest_dir=args.manifest_dir, num_workers=args.num_workers)
+    else:
+        summaries = [librispeech.prepare_corpus(args.corpus_root, args.out, args.num_workers)]
+    for summary in summaries:
+        print(summary.format())
+    return 0
 
 
 # --- synth -----------------------------------------------------------------------------------

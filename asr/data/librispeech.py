@@ -1,0 +1,531 @@
+"""LibriSpeech: download, safe extraction, and manifests for any corpus in its layout.
+
+Layout (LibriSpeech, Mini LibriSpeech, and the synthetic corpus all follow it)::
+
+    <subset>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac
+    <subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt      # "<utt-id> <TEXT>" per line
+
+Downloads come from openslr (resource 12: the full corpus, resource 31: Mini LibriSpeech) or a
+mirror with the same `<base>/<resource>/<subset>.tar.gz` layout (argument or the
+`ASR_LIBRISPEECH_MIRROR` environment variable). A download resumes a partial `<file>.part` with an
+HTTP Range request and is checked against openslr's published MD5; a file that fails the check is
+moved aside to `<file>.bad-md5`, never silently deleted. Extraction refuses any member that would
+land outside the target folder. `.done` markers let a rerun skip finished downloads/extractions.
+
+Manifests: one JSON object per utterance (`id`, `audio`, `duration` in seconds, `text`
+normalised with `asr.text.normalize_text`, `speaker`). Audio paths are written RELATIVE TO THE
+MANIFEST'S FOLDER, so a `data/` folder can be moved as a whole; `read_manifest` resolves them.
+Transcript lines without audio and audio without a transcript are counted in the summary and
+listed in `<manifest>.problems.txt`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import http.client
+import os
+import posixpath
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm import tqdm
+
+from asr.audio import audio_info
+from asr.data.manifest import write_manifest
+from asr.errors import AudioError, DataError
+from asr.fileio import atomic_write_text
+from asr.text import normalize_text
+
+OPENSLR_BASE_URL = "https://www.openslr.org/resources"
+MIRROR_ENV = "ASR_LIBRISPEECH_MIRROR"
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SubsetInfo:
+    """One downloadable LibriSpeech subset."""
+
+    name: str  # subset name, also the archive stem and the folder inside LibriSpeech/
+    resource: int  # openslr resource number: 12 (LibriSpeech) or 31 (Mini LibriSpeech)
+    md5: str  # MD5 of <name>.tar.gz as published in openslr's md5sum.txt
+
+
+# MD5 sums as published by openslr (resources/12/md5sum.txt and resources/31/md5sum.txt).
+SUBSETS: dict[str, SubsetInfo] = {
+    info.name: info
+    for info in (
+        SubsetInfo("dev-clean", 12, "42e2234ba48799c1f50f24a7926300a1"),
+        SubsetInfo("dev-other", 12, "c8d0bcc9cca99d4f8b62fcc847357931"),
+        SubsetInfo("test-clean", 12, "32fa31d27d2e1cad72775fee3f4849a9"),
+        SubsetInfo("test-other", 12, "fb5a50374b501bb3bac4815ee91d3135"),
+        SubsetInfo("train-clean-100", 12, "2a93770f6d5c6c964bc36631d331a522"),
+        SubsetInfo("train-clean-360", 12, "c0e676e450a7ff2f54aeade5171606fa"),
+        SubsetInfo("train-other-500", 12, "d1a0fd59409feb2c614ce4d30c387708"),
+        SubsetInfo("dev-clean-2", 31, "6d7ab67ac6a1d2c993d050e16d61080d"),
+        SubsetInfo("train-clean-5", 31, "5df7d4e78065366204ca6845bb08f490"),
+    )
+}
+
+
+# --- download --------------------------------------------------------------------------------
+def subset_info(subset: str) -> SubsetInfo:
+    """The `SubsetInfo` of a subset name; DataError listing the known names otherwise."""
+    try:
+        return SUBSETS[subset]
+    except KeyError:
+        raise DataError(f"unknown LibriSpeech subset {subset!r}; known: {', '.join(SUBSETS)}") from None
+
+
+def subset_url(subset: str, mirror: str | None = None) -> str:
+    """URL of `<subset>.tar.gz`: `<base>/<resource>/<subset>.tar.gz`.
+
+    The base is `mirror`, else `$ASR_LIBRISPEECH_MIRROR`, else https://www.openslr.org/resources.
+    """
+    info = subset_info(subset)
+    base = (mirror or os.environ.get(MIRROR_ENV) or OPENSLR_BASE_URL).rstrip("/")
+    return f"{base}/{info.resource}/{info.name}.tar.gz"
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """Hex MD5 of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _done_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".done")
+
+
+def _check_md5(path: Path, expected: str, actual: str, url: str) -> None:
+    """Move a file with the wrong MD5 aside to `<name>.bad-md5` and raise."""
+    if actual == expected.lower():
+        return
+    bad = path.with_name(path.name.removesuffix(".part") + ".bad-md5")
+    os.replace(path, bad)
+    raise DataError(
+        f"{url}: MD5 mismatch (expected {expected}, got {actual}); the file was moved to {bad}. "
+        "Delete it and rerun to download again, or check the mirror."
+    )
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    md5: str | None = None,
+    retries: int = 3,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+) -> Path:
+    """Download `url` to `dest`, resuming `<dest>.part`, and check its MD5.
+
+    Skips the work when `<dest>.done` exists. A file already at `dest` without a marker is
+    checked and kept if its MD5 matches. An interrupted transfer is resumed with an HTTP Range
+    request, up to `retries` times within this call (waiting `retry_wait * attempt` seconds), and
+    the `.part` file is kept for a later run. A wrong MD5 moves the file to `<dest>.bad-md5` and
+    raises `DataError`. Returns `dest`.
+    """
+    dest = Path(dest)
+    marker = _done_marker(dest)
+    if dest.exists() and marker.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if md5 is not None:
+            _check_md5(dest, md5, file_md5(dest), url)
+        atomic_write_text(marker, f"{md5 or ''}  {dest.name}\n")
+        return dest
+
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            digest = _fetch_into(url, part, timeout)
+            break
+        except _Interrupted as err:
+            if attempt == retries:
+                raise DataError(
+                    f"{url}: download interrupted ({err}) after {retries + 1} attempts; "
+                    f"{part} is kept, rerun to resume"
+                ) from None
+            time.sleep(retry_wait * (attempt + 1))
+    if md5 is not None:
+        _check_md5(part, md5, digest, url)
+    os.replace(part, dest)
+    atomic_write_text(marker, f"{digest}  {dest.name}\n")
+    return dest
+
+
+class _Interrupted(Exception):
+    """A transfer that stopped early; the caller may resume it."""
+
+
+def _fetch_into(url: str, part: Path, timeout: float) -> str:
+    """Append the rest of `url` to `part` (Range request if it holds bytes); return the file's MD5.
+
+    Raises `_Interrupted` when the connection drops before the announced length, `DataError` for
+    an HTTP error or a URL that cannot be opened.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url)
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:
+            # The .part already holds the whole file (or more): let the MD5 check decide.
+            return file_md5(part)
+        raise DataError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise _Interrupted(f"cannot connect: {reason}") from None
+
+    with response:
+        if offset and response.status != 206:
+            offset = 0  # the server ignored the Range header: start again
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        digest = hashlib.md5()
+        if offset:
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+                    digest.update(chunk)
+        received = offset
+        with open(part, "ab" if offset else "wb") as f, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"), disable=None, leave=False,
+        ) as bar:
+            try:
+                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except (http.client.IncompleteRead, OSError) as err:
+                raise _Interrupted(f"{type(err).__name__} at byte {received}") from None
+    if total is not None and received < total:
+        raise _Interrupted(f"connection closed at byte {received} of {total}")
+    return digest.hexdigest()
+
+
+# --- extraction ------------------------------------------------------------------------------
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
+    """Raise DataError if extracting `member` under `root` (a real path) could escape it."""
+    name = member.name
+
+    def refuse(why: str) -> None:
+        raise DataError(f"{archive}: refusing tar member {name!r}: {why}")
+
+    if name.startswith(("/", "\\")) or posixpath.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        refuse("absolute path")
+    if ".." in name.replace("\\", "/").split("/"):
+        refuse("'..' in its path")
+    target = os.path.realpath(os.path.join(root, name))  # follows links already extracted
+    if not _within(root, target):
+        refuse("it would be written outside the target folder")
+    if member.issym() or member.islnk():
+        link = member.linkname
+        if posixpath.isabs(link):
+            refuse(f"link to an absolute path {link!r}")
+        base = os.path.dirname(os.path.join(root, name)) if member.issym() else root
+        if not _within(root, os.path.realpath(os.path.join(base, link))):
+            refuse(f"link {link!r} points outside the target folder")
+    elif not (member.isfile() or member.isdir()):
+        refuse("special file (device or fifo)")
+
+
+def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
+    """Extract a tar archive (any compression tarfile reads) into `dest_dir`, safely.
+
+    Every member is checked before it is written: an absolute path, a `..` component, a path
+    through an extracted link, or a link pointing outside `dest_dir` raises `DataError` naming the
+    member. `dest_dir/.<archive name>.done` marks a finished extraction; with it present the call
+    does nothing. Returns `dest_dir`.
+    """
+    archive, dest_dir = Path(archive), Path(dest_dir)
+    marker = dest_dir / f".{archive.name}.done"
+    if marker.exists():
+        return dest_dir
+    if not archive.is_file():
+        raise DataError(f"archive not found: {archive}")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = os.path.realpath(dest_dir)
+    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tqdm(tar, desc=f"extract {archive.name}", unit=" files", disable=None, leave=False):
+                _check_member(member, root, archive)
+                tar.extract(member, root, **extra)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{archive}: cannot extract: {err}") from None
+    atomic_write_text(marker, f"{archive.name}\n")
+    return dest_dir
+
+
+# --- preparation -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """One utterance that could not go into the manifest."""
+
+    kind: str  # missing-audio | missing-transcript | unreadable-audio | empty-text | duplicate
+    utterance: str  # utterance id (the audio file stem for audio without a transcript)
+    where: str  # transcript "file:line" or audio path
+    detail: str = ""  # free text, e.g. the audio error
+
+    def line(self) -> str:
+        return "\t".join(filter(None, (self.kind, self.utterance, self.where, self.detail)))
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What one call of `prepare_corpus` wrote."""
+
+    name: str  # the subset folder's name
+    manifest: Path  # the manifest written
+    utterances: int  # records in the manifest
+    hours: float  # total audio duration of those records, hours
+    speakers: int  # distinct speakers among those records
+    missing_audio: int  # transcript lines whose audio file is absent
+    missing_transcript: int  # audio files with no transcript line
+    other_problems: int  # unreadable audio, empty normalised text, duplicate ids
+    problems_file: Path | None  # `<manifest>.problems.txt`, None when there was nothing to report
+
+    def format(self) -> str:
+        """One line (two with problems) for a person."""
+        text = (f"{self.name}: {self.utterances} utterances, {self.hours:.2f} h, "
+                f"{self.speakers} speakers -> {self.manifest}")
+        if self.problems_file is not None:
+            text += (f"\n{self.name}: {self.missing_audio} transcript lines without audio, "
+                     f"{self.missing_transcript} audio files without transcript, "
+                     f"{self.other_problems} other problems; listed in {self.problems_file}")
+        return text
+
+
+def audio_extensions() -> frozenset[str]:
+    """Lower-case file extensions (no dot) of the formats this libsndfile reads."""
+    import soundfile
+
+    formats = {name.lower() for name in soundfile.available_formats()} - {"raw"}
+    aliases = {"aiff": {"aif"}, "au": {"snd"}, "ogg": {"oga", "opus"}, "nist": {"sph"}}
+    return frozenset(formats.union(*(aliases[k] for k in formats & aliases.keys())))
+
+
+def find_chapters(subset_dir: Path) -> list[Path]:
+    """The `<speaker>/<chapter>` folders of a subset folder, sorted."""
+    return sorted(
+        chapter
+        for speaker in subset_dir.iterdir() if speaker.is_dir()
+        for chapter in speaker.iterdir() if chapter.is_dir()
+    )
+
+
+def _prepare_chapter(chapter_dir: Path, extensions: frozenset[str]) -> tuple[list[dict], list[Problem]]:
+    """Records (absolute audio paths) and problems of one `<speaker>/<chapter>` folder."""
+    speaker = chapter_dir.parent.name
+    problems: list[Problem] = []
+    audio: dict[str, Path] = {}
+    transcripts: dict[str, tuple[str, str]] = {}  # id -> (raw text, "file:line")
+    for path in sorted(chapter_dir.iterdir()):
+        if path.name.endswith(".trans.txt"):
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    fields = line.split(maxsplit=1)
+                    if not fields:
+                        continue
+                    where = f"{path}:{number}"
+                    if fields[0] in transcripts:
+                        problems.append(Problem("duplicate", fields[0], where, "transcript line repeated"))
+                        continue
+                    transcripts[fields[0]] = (fields[1] if len(fields) > 1 else "", where)
+        elif path.suffix[1:].lower() in extensions and path.is_file():
+            if path.stem in audio:
+                problems.append(Problem("duplicate", path.stem, str(path), f"also {audio[path.stem].name}"))
+                continue
+            audio[path.stem] = path
+
+    records = []
+    for utt, (raw, where) in transcripts.items():
+        path = audio.get(utt)
+        if path is None:
+            problems.append(Problem("missing-audio", utt, where))
+            continue
+        text = normalize_text(raw)
+        if not text:
+            problems.append(Problem("empty-text", utt, where, "no text after normalisation"))
+            continue
+        try:
+            info = audio_info(path)
+        except AudioError as err:
+            problems.append(Problem("unreadable-audio", utt, str(path), str(err)))
+            continue
+        records.append({"id": utt, "audio": str(path.resolve()), "duration": round(info.duration, 4),
+                        "text": text, "speaker": speaker})
+    problems.extend(Problem("missing-transcript", utt, str(path)) for utt, path in audio.items()
+                    if utt not in transcripts)
+    return records, problems
+
+
+def _prepare_chapter_star(job: tuple[Path, frozenset[str]]) -> tuple[list[dict], list[Problem]]:
+    return _prepare_chapter(*job)
+
+
+def default_num_workers() -> int:
+    """Processes used by default for preparation: the CPU count, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def prepare_corpus(
+    subset_dir: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    num_workers: int | None = None,
+) -> PrepareSummary:
+    """Write the manifest of one subset folder in LibriSpeech layout.
+
+    Durations come from the audio headers (`asr.audio.audio_info`, no decoding); chapters are
+    processed by a pool of `num_workers` processes (0 or 1: in this process; None: default).
+    Texts are normalised with `asr.text.normalize_text`. Records are sorted by id; audio paths
+    are relative to the manifest's folder. Transcript lines without audio, audio without a
+    transcript, unreadable audio and empty texts are left out, counted in the summary and listed
+    in `<manifest>.problems.txt` (removed when there is nothing to report). Raises `DataError`
+    when the folder is missing, holds no chapter, or yields no utterance.
+    """
+    subset_dir, manifest_path = Path(subset_dir), Path(manifest_path)
+    if not subset_dir.is_dir():
+        raise DataError(f"corpus folder not found: {subset_dir}")
+    chapters = find_chapters(subset_dir)
+    if not chapters:
+        raise DataError(f"{subset_dir}: no <speaker>/<chapter>/ folders (expected LibriSpeech layout "
+                        "<subset>/<speaker>/<chapter>/*.flac + <speaker>-<chapter>.trans.txt)")
+    workers = default_num_workers() if num_workers is None else num_workers
+    jobs = [(chapter, audio_extensions()) for chapter in chapters]
+    records: list[dict] = []
+    problems: list[Problem] = []
+    bar = tqdm(total=len(jobs), desc=f"prepare {subset_dir.name}", unit=" chapters", disable=None, leave=False)
+    with bar:
+        if workers <= 1:
+            results: Iterable = map(_prepare_chapter_star, jobs)
+            pool = None
+        else:
+            pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
+            results = pool.map(_prepare_chapter_star, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+        try:
+            for chapter_records, chapter_problems in results:
+                records.extend(chapter_records)
+                problems.extend(chapter_problems)
+                bar.update()
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    records.sort(key=lambda r: r["id"])
+    seen: set[str] = set()
+    unique = []
+    for record in records:  # the same id in two chapters would break everything downstream
+        if record["id"] in seen:
+            problems.append(Problem("duplicate", record["id"], record["audio"], "id used in two chapters"))
+        else:
+            seen.add(record["id"])
+            unique.append(record)
+    records = unique
+
+    manifest_dir = os.path.realpath(manifest_path.parent if str(manifest_path.parent) else ".")
+    for record in records:
+        record["audio"] = os.path.relpath(os.path.realpath(record["audio"]), manifest_dir)
+    problems_file = _write_problems(manifest_path, problems)
+    if not records:
+        where = f"; see {problems_file}" if problems_file else ""
+        raise DataError(f"{subset_dir}: no utterance has both audio and a transcript{where}")
+
+    write_manifest(manifest_path, records)
+    counts = {kind: sum(p.kind == kind for p in problems) for kind in ("missing-audio", "missing-transcript")}
+    return PrepareSummary(
+        name=subset_dir.name,
+        manifest=manifest_path,
+        utterances=len(records),
+        hours=sum(r["duration"] for r in records) / 3600.0,
+        speakers=len({r["speaker"] for r in records}),
+        missing_audio=counts["missing-audio"],
+        missing_transcript=counts["missing-transcript"],
+        other_problems=len(problems) - sum(counts.values()),
+        problems_file=problems_file,
+    )
+
+
+def _write_problems(manifest_path: Path, problems: Sequence[Problem]) -> Path | None:
+    """Write (or remove a stale) `<manifest>.problems.txt`; return its path when written."""
+    path = manifest_path.with_name(manifest_path.name + ".problems.txt")
+    if not problems:
+        path.unlink(missing_ok=True)
+        return None
+    header = "# kind\tutterance\twhere\tdetail\n"
+    body = "".join(p.line() + "\n" for p in sorted(problems, key=lambda p: (p.kind, p.utterance)))
+    atomic_write_text(path, header + body)
+    return path
+
+
+def find_subset_dir(data_dir: str | os.PathLike, subset: str) -> Path | None:
+    """`<data_dir>/LibriSpeech/<subset>` (as the tarballs extract), else `<data_dir>/<subset>`."""
+    for candidate in (Path(data_dir) / "LibriSpeech" / subset, Path(data_dir) / subset):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def download_subset(subset: str, data_dir: str | os.PathLike, mirror: str | None = None) -> Path:
+    """Download `<subset>.tar.gz` into `<data_dir>/downloads/` (resume, MD5) and extract it into
+    `data_dir` (giving `<data_dir>/LibriSpeech/<subset>`). Finished steps are skipped. Returns the
+    subset folder."""
+    info = subset_info(subset)
+    data_dir = Path(data_dir)
+    archive = download_file(subset_url(subset, mirror), data_dir / "downloads" / f"{subset}.tar.gz", md5=info.md5)
+    marker = data_dir / f".{archive.name}.done"
+    if marker.exists() and find_subset_dir(data_dir, subset) is None:
+        marker.unlink()  # extracted once, deleted since: extract again
+    extract_archive(archive, data_dir)
+    subset_dir = find_subset_dir(data_dir, subset)
+    if subset_dir is None:
+        raise DataError(f"{archive}: extracted, but {data_dir / 'LibriSpeech' / subset} is not there")
+    return subset_dir
+
+
+def prepare_librispeech(
+    data_dir: str | os.PathLike,
+    subsets: Sequence[str],
+    download: bool = False,
+    mirror: str | None = None,
+    manifest_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+) -> list[PrepareSummary]:
+    """Optionally download/extract LibriSpeech subsets, then write one manifest per subset.
+
+    Folders: archives in `<data_dir>/downloads/`, audio in `<data_dir>/LibriSpeech/<subset>/`
+    (or an existing `<data_dir>/<subset>/`), manifests in `<manifest_dir>/<subset>.jsonl`
+    (default `<data_dir>/manifests/`). Without `download`, a missing subset folder is a DataError.
+    """
+    data_dir = Path(data_dir)
+    if not download:
+        for subset in subsets:  # fail before any work when a folder is missing
+            if find_subset_dir(data_dir, subset) is None:
+                raise DataError(f"{data_dir / 'LibriSpeech' / subset} not found; pass --download, "
+                                f"or extract {subset}.tar.gz into {data_dir}")
+    else:
+        for subset in subsets:
+            subset_info(subset)
+    manifest_dir = Path(manifest_dir) if manifest_dir is not None else data_dir / "manifests"
+    summaries = []
+    for subset in subsets:
+        subset_dir = download_subset(subset, data_dir, mirror) if download else find_subset_dir(data_dir, subset)
+        summaries.append(prepare_corpus(subset_dir, manifest_dir / f"{subset}.jsonl", num_workers))
+    return summaries
