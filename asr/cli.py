@@ -74,22 +74,86 @@ def _run_train(args) -> int:
 
 
 # --- decode / lm / score ---------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _add_decode(sub) -> None:
-    p = sub.add_parser("decode", help="decode a manifest with a trained model")
+    p = sub.add_parser(
+        "decode", help="decode a manifest with a trained model",
+        description="Decode a manifest and score it; writes hyp.txt, ref.txt, report.txt, results.json "
+                    "under EXP/decode/SET/DECODER/.")
+    p.add_argument("--exp", required=True, help="experiment folder (outputs; checkpoint unless --checkpoint)")
+    p.add_argument("--manifest", required=True, help="JSONL manifest to decode")
+    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
+    p.add_argument("--checkpoint", help="checkpoint .pt (default: EXP's avg-*.pt, else best.pt, else last.pt)")
+    p.add_argument("--set", dest="set_name", help="set name in the output path (default: manifest file stem)")
+    p.add_argument("--lm", help="word n-gram LM for beam search: ARPA (.arpa, .arpa.gz) or KenLM binary")
+    p.add_argument("--lexicon", help="word list/lexicon (needed with a KenLM binary; default: the ARPA's words)")
+    p.add_argument("--lm-weight", type=float, help="LM weight (default 0.5)")
+    p.add_argument("--word-score", type=float, help="score added per word (default 0)")
+    p.add_argument("--beam-size", type=int, help="beam size (default 50)")
+    p.add_argument("--beam-threshold", type=float, help="beam score threshold (default 25)")
+    p.add_argument("--tune", action="store_true", help="grid-search LM weight and word score on this manifest")
+    p.add_argument("--tune-lm-weights", type=_floats, help="grid for --tune, e.g. 0.25,0.5,1 (default 0.25..2)")
+    p.add_argument("--tune-word-scores", type=_floats, help="grid for --tune, e.g. -1,0,1 (default -1,0,1,2)")
+    p.add_argument("--tuned-from", help="tuned.json or results.json of a --tune run: use its LM weight and word score")
+    p.add_argument("--max-duration", type=float, default=200.0, help="padded seconds of audio per batch (default 200)")
+    p.add_argument("--num-workers", type=int, default=0, help="audio loading processes (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=_run_decode)
 
 
 def _run_decode(args) -> int:
-    raise AsrError("asr decode: not implemented yet")
+    from asr.decode import DEFAULT_TUNE_LM_WEIGHTS, DEFAULT_TUNE_WORD_SCORES, decode_manifest
+
+    results = decode_manifest(
+        args.exp, args.manifest, decoder=args.decoder, checkpoint=args.checkpoint, set_name=args.set_name,
+        lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score, beam_size=args.beam_size,
+        beam_threshold=args.beam_threshold, lexicon=args.lexicon, tune=args.tune, tuned_from=args.tuned_from,
+        tune_lm_weights=args.tune_lm_weights or DEFAULT_TUNE_LM_WEIGHTS,
+        tune_word_scores=args.tune_word_scores or DEFAULT_TUNE_WORD_SCORES,
+        max_duration=args.max_duration, num_workers=args.num_workers, device=args.device)
+    low, high = results["wer_ci95"]
+    print(f"{results['set']} {results['decoder_settings']['decoder']}: %WER {results['wer']:.2f} "
+          f"(95% CI {low:.2f}-{high:.2f}) %CER {results['cer']:.2f} on {results['utterances']} utterances, "
+          f"RTF {results['rtf']:.4f} -> {results['out_dir']}")
+    if "tuned" in results:
+        t = results["tuned"]
+        print(f"tuned: lm_weight {t['lm_weight']} word_score {t['word_score']} (dev %WER {t['wer']:.2f})")
+    return 0
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="WER/CER of hypotheses against references")
+    p = sub.add_parser(
+        "score", help="WER/CER of hypotheses against references",
+        description="Score Kaldi-format text files (UTT-ID WORDS per line). With two --hyp, a paired "
+                    "bootstrap test gives the probability that the second is better than the first.")
+    p.add_argument("--ref", required=True, help="reference text file")
+    p.add_argument("--hyp", required=True, action="append", help="hypothesis text file (repeat to compare)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score utterances without a hypothesis as deletions; ignore hypotheses without reference")
+    p.add_argument("--report", help="write the full report (alignments, frequent errors) here")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args) -> int:
-    raise AsrError("asr score: not implemented yet")
+    from asr.score import score_files
+
+    out = score_files(args.ref, args.hyp, allow_missing=args.allow_missing, report_path=args.report,
+                      bootstrap_samples=args.bootstrap)
+    for system in out["systems"]:
+        low, high = system["wer_ci95"]
+        print(f"{system['hyp']}: %WER {system['wer']:.2f} [ {system['word_errors']} / {system['ref_words']}, "
+              f"{system['insertions']} ins, {system['deletions']} del, {system['substitutions']} sub ] "
+              f"95% CI [{low:.2f}, {high:.2f}]  %CER {system['cer']:.2f}  %SER {system['ser']:.2f}")
+    for comparison in out["comparisons"]:
+        print(f"P({comparison['b']} better than {comparison['a']}) = {comparison['p_b_better']:.3f}")
+    return 0
 
 
 # --- transcribe ------------------------------------------------------------------------------
@@ -102,11 +166,71 @@ def _run_transcribe(args) -> int:
     raise AsrError("asr transcribe: not implemented yet")
 
 
+# --- lm (helper F) ----------------------------------------------------------------------------
+def _add_lm(sub) -> None:
+    p = sub.add_parser("lm", help="word n-gram language models")
+    lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="LM_COMMAND")
+    b = lm_sub.add_parser("build", help="train a Kneser-Ney n-gram LM (ARPA) on text",
+                          description="Train a Kneser-Ney n-gram LM with kaldingram on normalised text "
+                                      "(one sentence per line, .gz or a .jsonl manifest also accepted).")
+    b.add_argument("--text", required=True, action="append", help="training text (repeat for several files)")
+    b.add_argument("--order", type=int, default=3, help="n-gram order, 1-5 (default 3)")
+    b.add_argument("--out", required=True, help="output ARPA file (.arpa or .arpa.gz)")
+    b.add_argument("--prune", type=float, help="entropy pruning threshold, e.g. 1e-7 (default: no pruning)")
+    p.set_defaults(func=_run_lm)
+
+
+def _run_lm(args) -> int:
+    from asr.lm import build_lm
+
+    summary = build_lm(args.text, args.order, args.out, prune_threshold=args.prune)
+    counts = ", ".join(f"{n}-grams {c}" for n, c in sorted(summary.ngrams.items()))
+    print(f"{summary.path}: order {summary.order}{' (pruned)' if summary.pruned else ''}, "
+          f"{summary.sentences} sentences, {summary.words} words, vocabulary {summary.vocabulary}; {counts}")
+    return 0
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="write an experiment's tokens.txt and cmvn.pt from the training manifest",
+                       description="Compute EXP/tokens.txt and EXP/cmvn.pt (global CMVN) as `asr train` does "
+                                   "first; existing files are reused.")
+    p.add_argument("--config", help="experiment config YAML (features, data sections are used)")
+    p.add_argument("--train", required=True, help="training manifest (JSONL)")
+    p.add_argument("--exp", required=True, help="experiment folder")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args) -> int:
+    from asr.train import load_experiment_config, stats
+
+    summary = stats(load_experiment_config(args.config, args.overrides), args.train, args.exp)
+    print(f"{summary['kept']} of {summary['utterances']} utterances ({summary['hours']:.2f} h) within the length "
+          f"limits; {summary['vocab_size']} tokens -> {summary['tokens']}; "
+          f"CMVN of {summary['feature_dim']}-dim features -> {summary['cmvn']}")
+    return 0
+
+
+def _add_average(sub) -> None:
+    p = sub.add_parser("average", help="average the last K step checkpoints into checkpoints/avg-K.pt")
+    p.add_argument("--exp", required=True, help="experiment folder")
+    p.add_argument("--last", type=int, default=5, help="number of step-N.pt checkpoints to average (default 5)")
+    p.set_defaults(func=_run_average)
+
+
+def _run_average(args) -> int:
+    from asr.checkpoint import average_experiment
+
+    out, used = average_experiment(args.exp, args.last)
+    print(f"{out}: mean of {', '.join(p.name for p in used)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_transcribe):
+    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_transcribe, _add_lm):
         add(sub)
     return parser
 
