@@ -1,0 +1,238 @@
+"""asr.features: Kaldi agreement, frame counts, CMVN statistics, SpecAugment masks."""
+
+import dataclasses
+import math
+
+import pytest
+import soundfile
+import torch
+import torchaudio.compliance.kaldi as kaldi
+
+from asr.errors import ConfigError, DataError
+from asr.features import (
+    STD_FLOOR,
+    WAVEFORM_SCALE,
+    FeatureConfig,
+    GlobalCMVN,
+    SpecAugment,
+    SpecAugmentConfig,
+    compute_cmvn,
+    compute_features,
+    num_frames,
+)
+
+# lengths around the edge cases: several seconds, not a multiple of the shift, exactly one window,
+# one sample short of a window (no frames)
+LENGTHS = [16000, 12345, 400, 399, 7000]
+
+
+def _batch(lengths, seed=0):
+    """Zero-padded batch of speech-like signals (tones with harmonics + noise + a DC offset), in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    waveforms = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        t = torch.arange(n) / 16000
+        f0 = 120.0 + 40 * i
+        tone = sum(0.2 / k * torch.sin(2 * math.pi * f0 * k * t) for k in range(1, 6))
+        waveforms[i, :n] = tone + 0.02 * torch.randn(n, generator=generator) + 0.01
+    return waveforms, torch.tensor(lengths)
+
+
+def _kaldi(waveform, config):
+    """Reference features of one utterance (samples,) with torchaudio's Kaldi port."""
+    options = dict(
+        num_mel_bins=config.num_mel_bins,
+        frame_length=config.frame_length_ms,
+        frame_shift=config.frame_shift_ms,
+        dither=0.0,
+        preemphasis_coefficient=config.preemphasis,
+        low_freq=config.low_freq,
+        high_freq=config.high_freq,
+        window_type=config.window_type,
+        use_energy=config.use_energy,
+        snip_edges=config.snip_edges,
+        sample_frequency=config.sample_rate,
+        energy_floor=config.energy_floor,
+    )
+    scaled = waveform.unsqueeze(0) * WAVEFORM_SCALE
+    if config.kind == "mfcc":
+        return kaldi.mfcc(scaled, num_ceps=config.num_ceps, cepstral_lifter=config.cepstral_lifter, **options)
+    return kaldi.fbank(scaled, **options)
+
+
+CONFIGS = [
+    FeatureConfig(),
+    FeatureConfig(kind="mfcc", num_mel_bins=40),
+    FeatureConfig(num_mel_bins=40, use_energy=True, window_type="hamming"),
+    FeatureConfig(kind="mfcc", num_mel_bins=23, use_energy=True, low_freq=40.0, high_freq=-400.0),
+    FeatureConfig(kind="mfcc", snip_edges=False, preemphasis=0.0, frame_shift_ms=12.5),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.kind}-{c.num_mel_bins}-e{int(c.use_energy)}-s{int(c.snip_edges)}")
+def test_matches_kaldi_per_utterance_in_one_batch(config):
+    waveforms, lengths = _batch(LENGTHS)
+    feats, frame_lengths = compute_features(waveforms, lengths, config)
+    assert feats.dtype == torch.float32
+    assert feats.shape == (len(LENGTHS), num_frames(max(LENGTHS), config), config.dim)
+    assert frame_lengths.tolist() == [num_frames(n, config) for n in LENGTHS]
+    for i, n in enumerate(LENGTHS):
+        valid = int(frame_lengths[i])
+        if n >= config.window_size:  # the Kaldi port refuses shorter input
+            reference = _kaldi(waveforms[i, :n], config)
+            assert reference.shape == (valid, config.dim)
+            torch.testing.assert_close(feats[i, :valid], reference, atol=1e-3, rtol=0)
+        elif config.snip_edges:
+            assert valid == 0
+        assert torch.all(feats[i, valid:] == 0), "padding frames must be zero"
+
+
+def test_padding_content_is_ignored():
+    waveforms, lengths = _batch([16000, 9000])
+    noisy = waveforms.clone()
+    noisy[1, 9000:] = 0.5  # garbage past the end of utterance 1
+    a, _ = compute_features(waveforms, lengths, FeatureConfig())
+    b, _ = compute_features(noisy, lengths, FeatureConfig())
+    assert torch.equal(a, b)
+
+
+def test_num_frames_rule():
+    config = FeatureConfig()  # 400-sample window, 160-sample shift
+    for n in [0, 1, 399, 400, 559, 560, 16000]:
+        expected = 0 if n < 400 else 1 + (n - 400) // 160
+        assert num_frames(n, config) == expected
+    counts = num_frames(torch.tensor([0, 399, 400, 560, 16000]), config)
+    assert counts.dtype == torch.int64 and counts.tolist() == [0, 0, 1, 2, 98]
+    reflected = dataclasses.replace(config, snip_edges=False)
+    assert num_frames(16000, reflected) == 100 and num_frames(79, reflected) == 0
+
+
+def test_all_too_short_batch():
+    feats, frame_lengths = compute_features(torch.zeros(2, 300), torch.tensor([300, 100]), FeatureConfig())
+    assert feats.shape == (2, 0, 80) and frame_lengths.tolist() == [0, 0]
+
+
+def test_dither_only_when_configured():
+    waveforms, lengths = _batch([8000])
+    clean, _ = compute_features(waveforms, lengths, FeatureConfig())
+    dithered, _ = compute_features(waveforms, lengths, FeatureConfig(dither=1.0))
+    assert not torch.equal(clean, dithered)
+    assert (clean - dithered).abs().mean() < 0.1  # one int16 step of noise on a loud signal
+
+
+def test_bad_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="kind"):
+        FeatureConfig(kind="plp")
+    with pytest.raises(ConfigError, match="num_ceps"):
+        FeatureConfig(kind="mfcc", num_mel_bins=10, num_ceps=13)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    waveforms, lengths = _batch(LENGTHS)
+    for config in CONFIGS[:2]:
+        cpu, cpu_lengths = compute_features(waveforms, lengths, config)
+        with torch.autocast("cuda", dtype=torch.float16):
+            gpu, gpu_lengths = compute_features(waveforms.cuda(), lengths.cuda(), config)
+        assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+        assert torch.equal(gpu_lengths.cpu(), cpu_lengths)
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
+
+
+def _write_corpus(folder, lengths):
+    records = []
+    waveforms, _ = _batch(lengths, seed=3)
+    for i, n in enumerate(lengths):
+        path = folder / f"utt{i}.flac"
+        soundfile.write(path, waveforms[i, :n].numpy(), 16000, subtype="PCM_16")
+        records.append({"id": f"utt{i}", "audio": str(path), "duration": n / 16000, "text": "A"})
+    return records
+
+
+@pytest.mark.parametrize("kind", ["fbank", "mfcc"])
+def test_cmvn_matches_direct_computation(tmp_path, kind):
+    from asr.audio import load_audio
+
+    records = _write_corpus(tmp_path, [16000, 5000, 12000, 300, 9000])
+    config = FeatureConfig(kind=kind)
+    cmvn = compute_cmvn(records, config, batch_size=2)
+    # independent: Kaldi features of each file, concatenated
+    feats = torch.cat(
+        [_kaldi(load_audio(r["audio"]), config) for r in records if r["duration"] * 16000 >= 400]
+    ).double()
+    torch.testing.assert_close(cmvn.mean.double(), feats.mean(0), atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(cmvn.std.double(), feats.std(0, unbiased=False), atol=1e-3, rtol=1e-4)
+
+
+def test_cmvn_apply_save_load(tmp_path):
+    mean, std = torch.randn(5), torch.rand(5) + 0.5
+    cmvn = GlobalCMVN(mean, std)
+    feats = torch.randn(2, 4, 5)
+    feats[1, 2:] = 0
+    out = cmvn(feats, torch.tensor([4, 2]))
+    torch.testing.assert_close(out[0], (feats[0] - mean) / std)
+    torch.testing.assert_close(out[1, :2], (feats[1, :2] - mean) / std)
+    assert torch.all(out[1, 2:] == 0)
+    cmvn.save(tmp_path / "cmvn.pt")
+    loaded = GlobalCMVN.load(tmp_path / "cmvn.pt")
+    assert torch.equal(loaded.mean, cmvn.mean) and torch.equal(loaded.std, cmvn.std)
+    assert set(cmvn.to_dict()) == {"mean", "std"}
+    with pytest.raises(DataError, match="missing.pt"):
+        GlobalCMVN.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(DataError, match="junk.pt"):
+        GlobalCMVN.load(tmp_path / "junk.pt")
+
+
+def test_cmvn_from_stats_floors_std():
+    values = torch.tensor([[1.0, 3.0], [1.0, 5.0], [1.0, 7.0]], dtype=torch.float64)  # column 0 constant
+    cmvn = GlobalCMVN.from_stats(values.sum(0), values.square().sum(0), 3)
+    torch.testing.assert_close(cmvn.mean, torch.tensor([1.0, 5.0]))
+    torch.testing.assert_close(cmvn.std, torch.tensor([STD_FLOOR, math.sqrt(8 / 3)]))
+
+
+def test_cmvn_unreadable_record_names_file(tmp_path):
+    from asr.errors import AudioError
+
+    records = [{"id": "x", "audio": str(tmp_path / "gone.wav"), "duration": 1.0}]
+    with pytest.raises(AudioError, match="gone.wav"):
+        compute_cmvn(records, FeatureConfig())
+
+
+def test_specaugment_eval_is_identity():
+    augment = SpecAugment(SpecAugmentConfig()).eval()
+    feats = torch.randn(3, 50, 80)
+    assert augment(feats, torch.tensor([50, 30, 10])) is feats
+
+
+def test_specaugment_masks_within_limits():
+    config = SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=3, time_width_ratio=0.1, max_time_width=8)
+    augment = SpecAugment(config).train()
+    torch.manual_seed(0)
+    lengths = torch.tensor([200, 120, 60, 7])
+    batch, frames, dim = 4, 200, 40
+    masked_cols = masked_rows = 0
+    column_patterns = set()
+    for _ in range(20):
+        feats = torch.randn(batch, frames, dim).abs() + 1.0  # never zero
+        valid = torch.arange(frames).unsqueeze(0) < lengths.unsqueeze(1)
+        feats[~valid] = 0.0
+        out = augment(feats, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            zero = out[i, :n] == 0
+            unchanged = out[i, :n] == feats[i, :n]
+            assert torch.all(zero | unchanged), "values are either kept or zeroed"
+            zero_cols = zero.all(dim=0)  # frequency bands masked over all valid frames
+            zero_rows = zero.all(dim=1)  # frames masked over all dimensions
+            # every zero lies in a masked band or a masked frame (at most 2 x 10 of 40 bands are
+            # masked, so a masked frame is never also a fully masked band and vice versa)
+            assert torch.equal(zero, zero_cols.unsqueeze(0) | zero_rows.unsqueeze(1))
+            assert zero_cols.sum() <= config.freq_masks * config.freq_width
+            widest = min(config.max_time_width, int(n * config.time_width_ratio))
+            assert zero_rows.sum() <= config.time_masks * widest
+            masked_cols += int(zero_cols.sum())
+            column_patterns.add(tuple(zero_cols.tolist()))
+            masked_rows += int(zero_rows.sum())
+            assert torch.all(out[i, n:] == 0), "padding stays zero"
+    assert masked_cols > 0 and masked_rows > 0, "masks were applied"
+    assert len(column_patterns) > 5, "masks are drawn per utterance"
