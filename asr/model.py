@@ -1,0 +1,238 @@
+"""The acoustic model: an optional convolutional front-end, a deep (bi)directional RNN, a CTC head.
+
+Shapes, with B the batch, F input frames (10 ms each), D the feature dimension, T output frames
+(F / subsample, rounded up), V the vocabulary (blank = 0):
+
+    features (B, F, D), lengths (B,)
+      -> conv front-end (optional)  (B, T, hidden)       2-D convs over (time, freq), DS2 style
+      -> recurrent layers x L       packed, (sum of T, 2*hidden or hidden)
+      -> linear + log-softmax       log_probs (B, T, V), out_lengths (B,)
+
+`forward` returns the same pair in training and in evaluation; the CTC loss and the decoders both
+take log-probabilities.
+
+Padding never changes a result: the front-end zeroes padded frames after every layer (and its batch
+norm takes statistics over valid frames only), the recurrent layers run on packed sequences, and
+the norms between them act on the packed frames. In evaluation an utterance gives the same
+log-probs alone as beside a longer one (tests/test_model.py checks this for every variant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from asr.errors import ConfigError
+
+RNN_TYPES = ("rnn", "gru", "lstm")
+FRONTENDS = ("none", "conv")
+NORMS = ("none", "layer", "batch")
+NONLINEARITIES = ("tanh", "relu")
+SUBSAMPLES = (1, 2, 4)
+
+# DS2's two conv layers, (time, freq) kernels; odd sizes with half-kernel padding keep the
+# output frame t centred on input frame t * stride. Frequency is halved by each layer.
+CONV_KERNELS = ((11, 41), (11, 21))
+CONV_FREQ_STRIDE = 2
+# DS2's clipped ReLU: min(max(x, 0), 20). It maps 0 to 0, so zeroed padding stays zero.
+HARDTANH_MAX = 20.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Size and shape of a `BiRNNCTC`; plain values only, so it round-trips through YAML."""
+
+    input_dim: int = 80  # feature dimension D (FeatureConfig.dim: mel bins or cepstra)
+    vocab_size: int = 29  # output classes including the CTC blank (Tokenizer.vocab_size)
+    frontend: str = "conv"  # "conv": 2-D conv stack (time subsampling); "none": features go straight to the RNN
+    subsample: int = 4  # time subsampling of the conv front-end: 1, 2 or 4 (must be 1 with frontend "none")
+    conv_channels: int = 32  # channels of each conv layer
+    rnn_type: str = "gru"  # "rnn" (plain Elman recurrence), "gru" or "lstm"
+    nonlinearity: str = "tanh"  # f of the plain recurrence, "tanh" or "relu" (rnn_type "rnn" only)
+    hidden: int = 256  # units per direction in each recurrent layer; also the conv projection size
+    layers: int = 3  # recurrent layers
+    bidirectional: bool = True  # forward and backward directions, concatenated (2*hidden per frame)
+    dropout: float = 0.1  # dropout probability between recurrent layers (not after the last)
+    norm: str = "none"  # norm between recurrent layers: "none", "layer" or "batch" (over valid frames)
+
+    def __post_init__(self) -> None:
+        def check(key: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ConfigError(f"model.{key}: expected {expected}, got {getattr(self, key)!r}")
+
+        check("input_dim", self.input_dim >= 1, "a positive integer")
+        check("vocab_size", self.vocab_size >= 2, "at least 2 (blank and one token)")
+        check("frontend", self.frontend in FRONTENDS, f"one of {FRONTENDS}")
+        check("subsample", self.subsample in SUBSAMPLES, f"one of {SUBSAMPLES}")
+        check("subsample", self.frontend == "conv" or self.subsample == 1,
+              "1 when frontend is 'none' (only the conv front-end subsamples)")
+        check("conv_channels", self.conv_channels >= 1, "a positive integer")
+        check("rnn_type", self.rnn_type in RNN_TYPES, f"one of {RNN_TYPES}")
+        check("nonlinearity", self.nonlinearity in NONLINEARITIES, f"one of {NONLINEARITIES}")
+        check("hidden", self.hidden >= 1, "a positive integer")
+        check("layers", self.layers >= 1, "a positive integer")
+        check("dropout", 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
+        check("norm", self.norm in NORMS, f"one of {NORMS}")
+
+
+def _valid_mask(lengths: Tensor, frames: int) -> Tensor:
+    """(B,) lengths -> (B, frames) bool, True on valid frames."""
+    return torch.arange(frames, device=lengths.device) < lengths[:, None]
+
+
+class ConvFrontend(nn.Module):
+    """DS2-style 2-D convolutions over (time, freq), then a linear projection to `hidden`.
+
+    Each layer: Conv2d (stride 2 or 1 in time, 2 in freq) -> batch norm -> hardtanh(0, 20), and
+    padded frames set to zero. Batch norm statistics come from valid frames only, so in training,
+    too, the amount of padding in a batch does not move them.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        time_strides = {1: (1, 1), 2: (2, 1), 4: (2, 2)}[config.subsample]
+        channels = config.conv_channels
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        in_channels, freq = 1, config.input_dim
+        for (k_time, k_freq), s_time in zip(CONV_KERNELS, time_strides):
+            self.convs.append(nn.Conv2d(in_channels, channels, (k_time, k_freq), stride=(s_time, CONV_FREQ_STRIDE),
+                                        padding=(k_time // 2, k_freq // 2), bias=False))  # bias: BN's shift
+            # BatchNorm1d over (frames, channels, freq): statistics per channel over frames and freq.
+            self.norms.append(nn.BatchNorm1d(channels))
+            freq = _conv_out(freq, k_freq, CONV_FREQ_STRIDE)
+            in_channels = channels
+        self.out_freq = freq
+        self.projection = nn.Linear(channels * freq, config.hidden)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid output frames for `lengths` valid input frames, (B,) int64 -> (B,) int64."""
+        for conv in self.convs:
+            lengths = _conv_out(lengths, conv.kernel_size[0], conv.stride[0])
+        return lengths
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """features (B, F, D), lengths (B,) -> ((B, T, hidden), out_lengths (B,))."""
+        x = features.unsqueeze(1)  # (B, 1, F, D): channels, time, freq
+        x = x.masked_fill(~_valid_mask(lengths, x.size(2))[:, None, :, None], 0.0)  # callers' padding may be anything
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(x)  # (B, C, F', D')
+            lengths = _conv_out(lengths, conv.kernel_size[0], conv.stride[0])
+            # Normalise the valid frames only and scatter them back into zeros: the padding is
+            # zero again and takes no part in the batch statistics.
+            mask = _valid_mask(lengths, x.size(2))  # (B, F')
+            frames = x.transpose(1, 2)[mask]  # (N valid, C, D')
+            frames = F.hardtanh(norm(frames), 0.0, HARDTANH_MAX)
+            out = x.new_zeros(x.size(0), x.size(2), x.size(1), x.size(3))  # (B, F', C, D')
+            out[mask] = frames.to(out.dtype)
+            x = out.transpose(1, 2)  # (B, C, F', D')
+        batch, channels, frames, freq = x.shape
+        x = x.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)  # (B, T, C*D')
+        return self.projection(x), lengths  # padded frames: the projection's bias, never read
+
+
+def _conv_out(size, kernel: int, stride: int):
+    """Output size of a convolution with padding kernel // 2 (odd kernel), as PyTorch computes it."""
+    padding = kernel // 2
+    if isinstance(size, Tensor):
+        return torch.div(size + 2 * padding - kernel, stride, rounding_mode="floor") + 1
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class BiRNNCTC(nn.Module):
+    """Deep (bi)directional RNN with a CTC head, after Deep Speech 2.
+
+    The seed's recurrence S_t = f(U·X_t + W·S_{t-1}), output O_t = softmax(V·S_t) maps onto the
+    code as: U = `rnns[l].weight_ih_l0` (and `..._reverse` for the backward direction), W =
+    `rnns[l].weight_hh_l0`, f = `config.nonlinearity` for rnn_type "rnn" (GRU and LSTM replace the
+    single recurrence by their gated ones, each gate with its own slice of U and W), and
+    V = `head.weight`. Each layer is a single-layer `nn.RNN`/`nn.GRU`/`nn.LSTM`, so that norm and
+    dropout can sit between layers; the two directions are concatenated, so layer l > 0 takes
+    2 * hidden inputs.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.frontend = ConvFrontend(config) if config.frontend == "conv" else None
+        rnn_input = config.hidden if self.frontend is not None else config.input_dim
+        directions = 2 if config.bidirectional else 1
+        self.rnns = nn.ModuleList()
+        self.norms = nn.ModuleList()  # norms[l] sits before rnns[l + 1]
+        for layer in range(config.layers):
+            self.rnns.append(_make_rnn(config, rnn_input))
+            rnn_input = directions * config.hidden
+            if layer < config.layers - 1:
+                self.norms.append(_make_norm(config.norm, rnn_input))
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(rnn_input, config.vocab_size)
+
+    @property
+    def subsample(self) -> int:
+        """Input frames per output frame."""
+        return self.config.subsample if self.frontend is not None else 1
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Output frames for `lengths` input frames: (B,) -> (B,) int64."""
+        lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        return self.frontend.output_lengths(lengths) if self.frontend is not None else lengths
+
+    def flatten_parameters(self) -> None:
+        """Repack the recurrent weights into cuDNN's contiguous buffer (a no-op on CPU).
+
+        `.to()`/`.cuda()` already do this; call it after anything that swaps parameter storage.
+        """
+        for rnn in self.rnns:
+            rnn.flatten_parameters()
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probabilities over the vocabulary for each output frame.
+
+        features: (B, F, D) float, padding frames may hold anything; lengths: (B,) valid frames.
+        Returns log_probs (B, T, V) with T = output_lengths(F), and out_lengths (B,) int64 on
+        the features' device. Frames past out_lengths hold a valid but meaningless distribution.
+        """
+        lengths = lengths.to(device=features.device, dtype=torch.int64)
+        if self.frontend is not None:
+            frames, out_lengths = self.frontend(features, lengths)  # (B, T, hidden)
+        else:
+            frames, out_lengths = features, lengths  # (B, F, D)
+        total = frames.size(1)
+        # pack_padded_sequence refuses empty sequences; a zero-length utterance runs on one
+        # (padding) frame and keeps out_lengths 0, so CTC sees it as empty.
+        packed = pack_padded_sequence(frames, out_lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        for layer, rnn in enumerate(self.rnns):
+            if layer > 0:
+                # Norm and dropout on the packed frames: valid frames only, no padding.
+                data = self.dropout(self.norms[layer - 1](packed.data))
+                packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            packed, _ = rnn(packed)  # data: (sum of T, directions * hidden)
+        outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=total)  # (B, T, H')
+        log_probs = F.log_softmax(self.head(outputs), dim=-1)  # (B, T, V)
+        return log_probs, out_lengths
+
+
+def _make_rnn(config: ModelConfig, input_size: int) -> nn.RNNBase:
+    kwargs = dict(input_size=input_size, hidden_size=config.hidden, num_layers=1, batch_first=True,
+                  bidirectional=config.bidirectional)
+    if config.rnn_type == "rnn":
+        return nn.RNN(nonlinearity=config.nonlinearity, **kwargs)
+    return nn.GRU(**kwargs) if config.rnn_type == "gru" else nn.LSTM(**kwargs)
+
+
+def _make_norm(norm: str, size: int) -> nn.Module:
+    if norm == "layer":
+        return nn.LayerNorm(size)
+    if norm == "batch":
+        return nn.BatchNorm1d(size)
+    return nn.Identity()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (elements)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
