@@ -55,12 +55,45 @@ def _run_prepare(args) -> int:
 
 # --- synth -----------------------------------------------------------------------------------
 def _add_synth(sub) -> None:
-    p = sub.add_parser("synth", help="generate the synthetic espeak-ng corpus in LibriSpeech layout")
+    p = sub.add_parser(
+        "synth", help="generate the synthetic espeak-ng corpus in LibriSpeech layout",
+        description="espeak-ng voices (English variant x voice variant, own rate and pitch; one voice = "
+        "one speaker id) read sentences from the built-in grammar (or --text) into OUT/{train,dev,test}/"
+        "<speaker>/<chapter>/*.flac (16 kHz) + *.trans.txt. Test and dev voices never occur in train. "
+        "Seeded: the same options give identical files. Resumable: complete chapters and splits are kept.")
+    p.add_argument("--out", help="corpus root to write (required unless --voices)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--train-utts", type=int, default=None, help="train utterances (default 2000)")
+    size.add_argument("--hours-train", type=float, default=None,
+                      help="about this many hours of train audio (estimated from the texts)")
+    p.add_argument("--dev-utts", type=int, default=100, help="dev utterances (default 100)")
+    p.add_argument("--test-utts", type=int, default=100, help="test utterances, unseen voices (default 100)")
+    p.add_argument("--dev-voices", type=int, default=12, help="voices reserved for dev (default 12)")
+    p.add_argument("--test-voices", type=int, default=16, help="voices reserved for test (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seeds texts, voices and noise (default 0)")
+    p.add_argument("--text", default=None, help="text file, one sentence a line, instead of the grammar")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no random level and no background noise (on by default, at a low level)")
+    p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
+    p.add_argument("--voices", action="store_true", help="list the voices of each split and exit")
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args) -> int:
-    raise AsrError("asr synth: not implemented yet")
+    from asr.data import synthetic
+
+    config = synthetic.SynthConfig(
+        seed=args.seed, dev_utts=args.dev_utts, test_utts=args.test_utts,
+        train_utts=2000 if args.train_utts is None else args.train_utts, hours_train=args.hours_train,
+        text_file=args.text, dev_voices=args.dev_voices, test_voices=args.test_voices,
+        augment=not args.no_augment)
+    if args.voices:
+        print(synthetic.describe_voices(config))
+        return 0
+    if not args.out:
+        raise AsrError("--out is required (the corpus root to write)")
+    print(synthetic.generate_corpus(args.out, config, num_workers=args.num_workers).format())
+    return 0
 
 
 # --- train / stats / average -----------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""The synthetic corpus: grammar, voices, and a tiny corpus written in LibriSpeech layout."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from asr.cli import main as cli_main
+from asr.data.grammar import MAX_WORDS, MIN_WORDS, number_words, sentence_generator
+from asr.data.synthetic import (ENGLISH_VARIANTS, VOICE_VARIANTS, SynthConfig, generate_corpus,
+                                plan_corpus, read_text_file, split_voices, text_seed, trim_silence,
+                                voice_catalogue)
+from asr.errors import DataError
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+TINY = SynthConfig(seed=3, train_utts=6, dev_utts=2, test_utts=2)
+SENTENCE = re.compile(r"^[A-Z']+( [A-Z']+)*$")
+FLAC_NAME = re.compile(r"^(\d+)-(\d+)-(\d{4})\.flac$")
+
+
+# --- grammar -------------------------------------------------------------------------------------
+def test_generator_is_deterministic_varied_and_normalised():
+    first = list(itertools.islice(sentence_generator(7), 300))
+    again = list(itertools.islice(sentence_generator(7), 300))
+    other = list(itertools.islice(sentence_generator(8), 300))
+    assert first == again
+    assert first != other
+    sentences = list(itertools.islice(sentence_generator(0), 5000))
+    for sentence in sentences:
+        assert SENTENCE.match(sentence), sentence
+        assert MIN_WORDS <= len(sentence.split()) <= MAX_WORDS, sentence
+    vocabulary = collections.Counter(w for s in sentences for w in s.split())
+    assert 300 <= len(vocabulary) <= 2000  # "some hundreds of words"
+    assert len(set(sentences)) > 0.95 * len(sentences)
+    starts = collections.Counter(s.split()[0] for s in sentences)
+    assert starts["WHAT"] + starts["WHERE"] + starts["DID"] + starts["HOW"] > 100  # questions
+    assert any("HUNDRED" in s for s in sentences) and any("O'CLOCK" in s for s in sentences)
+    mean_words = sum(len(s.split()) for s in sentences) / len(sentences)
+    assert 6 <= mean_words <= 11
+
+
+@pytest.mark.parametrize("number, words", [
+    (0, "zero"), (7, "seven"), (13, "thirteen"), (40, "forty"), (21, "twenty one"),
+    (105, "one hundred and five"), (999, "nine hundred and ninety nine"),
+    (2000, "two thousand"), (2024, "two thousand and twenty four"),
+    (12345, "twelve thousand three hundred and forty five")])
+def test_number_words(number, words):
+    assert number_words(number) == words
+
+
+# --- voices, plan, audio processing --------------------------------------------------------------
+def test_voice_splits_are_disjoint_and_train_covers_every_variant():
+    config = SynthConfig(seed=5)
+    splits = split_voices(config)
+    ids = {split: {v.speaker for v in voices} for split, voices in splits.items()}
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids["dev"] and not ids["dev"] & ids["test"]
+    assert len(ids["test"]) == config.test_voices and len(ids["dev"]) == config.dev_voices
+    assert ids["train"] | ids["dev"] | ids["test"] == {v.speaker for v in voice_catalogue(config)}
+    assert {v.language for v in splits["train"]} == set(ENGLISH_VARIANTS)
+    assert {v.variant for v in splits["train"]} == set(VOICE_VARIANTS)
+    for voice in voice_catalogue(config):
+        assert config.speed_range[0] <= voice.speed <= config.speed_range[1]
+    assert split_voices(SynthConfig(seed=6)) != splits
+
+
+def test_plan_with_text_file_keeps_splits_apart(tmp_path):
+    lines = [f"Sentence number {number_words(i)}, said the clerk." for i in range(1, 40)]
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(lines + ["", "room 42 is closed", "café au lait"]) + "\n")
+    sentences, skipped = read_text_file(text)
+    assert skipped == 1 and len(sentences) == 40  # digits skipped, accents folded
+    assert sentences[0] == "SENTENCE NUMBER ONE SAID THE CLERK"
+    plan = plan_corpus(SynthConfig(train_utts=20, dev_utts=5, test_utts=5), sentences)
+    texts = {split: [u.text for c in chapters for u in c.utterances] for split, chapters in plan.items()}
+    assert [len(texts[s]) for s in ("train", "dev", "test")] == [20, 5, 5]
+    assert not set(texts["train"]) & set(texts["test"]) and not set(texts["dev"]) & set(texts["test"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("123\n\n")
+    with pytest.raises(DataError, match="empty.txt"):
+        read_text_file(empty)
+
+
+def test_hours_train_gives_about_that_much_text():
+    plan = plan_corpus(SynthConfig(hours_train=0.05, dev_utts=0, test_utts=0))
+    utterances = [u for c in plan["train"] for u in c.utterances]
+    assert 30 < len(utterances) < 150
+    assert all(c.utterances for split in plan.values() for c in split)
+
+
+def test_trim_silence_keeps_margin():
+    rate = 16000
+    tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate).astype(np.float32)
+    samples = np.concatenate([np.zeros(rate), tone, np.zeros(2 * rate)]).astype(np.float32)
+    trimmed = trim_silence(samples, rate, keep=0.1)
+    assert abs(len(trimmed) - int(1.2 * rate)) <= rate // 100
+    assert np.all(trimmed[:int(0.09 * rate)] == 0) and np.any(trimmed[int(0.11 * rate):] != 0)
+    # espeak-ng starts speaking at once: the start is padded to the margin
+    padded = trim_silence(np.concatenate([tone, np.zeros(rate // 2)]).astype(np.float32), rate)
+    assert len(padded) == int(1.2 * rate)
+    assert np.all(padded[:int(0.1 * rate)] == 0) and np.array_equal(padded[int(0.1 * rate):][:rate], tone)
+
+
+# --- a tiny corpus on disk -----------------------------------------------------------------------
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("synth") / "corpus"
+    summary = generate_corpus(root, TINY, num_workers=2)
+    return root, summary
+
+
+@needs_espeak
+def test_tiny_corpus_layout_audio_and_transcripts(tiny_corpus):
+    root, summary = tiny_corpus
+    assert [(s.split, s.utterances, s.chapters_skipped) for s in summary.splits] == [
+        ("train", 6, 0), ("dev", 2, 0), ("test", 2, 0)]
+    assert summary.seconds_written > 0
+    speakers = {}
+    for split, count in (("train", 6), ("dev", 2), ("test", 2)):
+        flacs = sorted((root / split).rglob("*.flac"))
+        assert len(flacs) == count
+        texts = {}
+        for flac in flacs:
+            speaker, chapter, _ = FLAC_NAME.match(flac.name).groups()
+            assert flac.parent == root / split / speaker / chapter
+            info = soundfile.info(str(flac))
+            assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", 16000, 1)
+            assert 0.7 < info.duration < 10
+            samples, _ = soundfile.read(str(flac), dtype="float32")
+            # espeak's long silences are trimmed to ~0.1 s: speech starts soon, the start is quiet
+            frames = samples[: len(samples) // 160 * 160].reshape(-1, 160)
+            rms = np.sqrt((frames ** 2).mean(axis=1))
+            first_loud = int(np.argmax(rms > 0.1 * rms.max()))
+            assert 0.08 <= first_loud / 100 <= 0.3
+            assert rms[:4].mean() < 0.05 * rms.max()
+            transcript = flac.parent / f"{speaker}-{chapter}.trans.txt"
+            for line in transcript.read_text().splitlines():
+                utt, text = line.split(" ", 1)
+                texts[utt] = text
+            assert flac.stem in texts
+        assert len(texts) == count
+        expected = list(itertools.islice(sentence_generator(text_seed(TINY.seed, split)), count))
+        assert sorted(texts.values()) == sorted(expected)
+        speakers[split] = {p.name for p in (root / split).iterdir() if p.is_dir()}
+        assert (root / split / ".done").is_file()
+    assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["dev"]
+    # the test voices (espeak variant combinations) are never used in train
+    names = {}
+    for line in (root / "SPEAKERS.TXT").read_text().splitlines()[1:]:
+        speaker, _, split, _, name = [f.strip() for f in line.split("|")]
+        names.setdefault(split, set()).add(name.split()[0])
+    assert not names["train"] & names["test"]
+
+
+@needs_espeak
+def test_tiny_corpus_is_reproducible_and_resumable(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    before = _digests(root)
+    again = generate_corpus(root, TINY, num_workers=1)  # complete: nothing is redone
+    assert all(s.chapters_written == 0 for s in again.splits)
+    assert again.seconds_written == 0
+    assert _digests(root) == before
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "train" / ".done").unlink()
+    chapter = next((copy / "train").rglob("*.trans.txt"))
+    chapter.unlink()  # an interrupted chapter: its transcript is written last
+    resumed = generate_corpus(copy, TINY, num_workers=1)
+    train = resumed.splits[0]
+    assert train.chapters_written == 1 and train.chapters_skipped == train.speakers - 1
+    assert _digests(copy) == before
+
+    fresh = tmp_path / "fresh"  # same seed, another process count: byte-identical files
+    generate_corpus(fresh, TINY, num_workers=1)
+    assert _digests(fresh) == before
+
+    with pytest.raises(DataError, match="other options"):
+        generate_corpus(copy, SynthConfig(seed=4, train_utts=6, dev_utts=2, test_utts=2), num_workers=1)
+
+
+@needs_espeak
+def test_tiny_corpus_prepares_to_a_manifest(tiny_corpus, tmp_path):
+    librispeech = pytest.importorskip("asr.data.librispeech")
+    root, _ = tiny_corpus
+    summary = librispeech.prepare_corpus(root / "test", tmp_path / "test.jsonl", num_workers=1)
+    assert summary.utterances == 2
+    from asr.data.manifest import read_manifest
+
+    records = read_manifest(tmp_path / "test.jsonl")
+    expected = list(itertools.islice(sentence_generator(text_seed(TINY.seed, "test")), 2))
+    assert sorted(r["text"] for r in records) == sorted(expected)
+    for record in records:
+        assert record["duration"] == pytest.approx(soundfile.info(record["audio"]).duration, abs=1e-3)
+
+
+@needs_espeak
+def test_cli_synth(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli_main(["synth", "--out", str(out), "--train-utts", "2", "--dev-utts", "1",
+                     "--test-utts", "1", "--num-workers", "1", "--no-augment"]) == 0
+    assert "train: 2 utterances" in capsys.readouterr().out
+    assert len(list(out.rglob("*.flac"))) == 4
+    assert cli_main(["synth", "--voices", "--seed", "1"]) == 0
+    assert "test: 16 voices" in capsys.readouterr().out
+    assert cli_main(["synth", "--train-utts", "2"]) == 1  # --out missing: one line, exit 1
+    assert "--out is required" in capsys.readouterr().err
