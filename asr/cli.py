@@ -191,12 +191,43 @@ def _run_score(args) -> int:
 
 # --- transcribe ------------------------------------------------------------------------------
 def _add_transcribe(sub) -> None:
-    p = sub.add_parser("transcribe", help="transcribe audio files with a trained model")
+    p = sub.add_parser(
+        "transcribe", help="transcribe audio files with a trained model",
+        description="Transcribe audio files of any length, rate and channel count. A missing input "
+        "stops before anything is transcribed (exit 1); a file that cannot be decoded is reported, "
+        "skipped, and makes the exit status 1 once the others are done.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model", required=True, help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, else last.pt)")
+    p.add_argument("--output-format", choices=("text", "json", "srt"), default="text",
+                   help="text (default), json (words with start/end/confidence) or srt subtitles")
+    p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt) instead of stdout")
+    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
+    p.add_argument("--beam-size", type=int, help="beam: hypotheses kept per frame")
+    p.add_argument("--lm", help="beam: word n-gram LM (ARPA, .arpa.gz or KenLM binary)")
+    p.add_argument("--lm-weight", type=float, help="beam: weight of the LM log-probability")
+    p.add_argument("--word-score", type=float, help="beam: score added per word")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--max-chunk", type=float, default=20.0, help="longest chunk fed to the model, seconds (default 20)")
+    p.add_argument("--top-db", type=float, default=40.0, help="silence threshold below the loudest frame, dB (default 40)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
-    raise AsrError("asr transcribe: not implemented yet")
+    from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
+
+    inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
+    options = dict(beam_size=args.beam_size, lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score)
+    if args.decoder == "greedy" and any(v is not None for v in options.values()):
+        raise AsrError("--beam-size, --lm, --lm-weight and --word-score need --decoder beam")
+    chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
+                              batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
+    transcriber = Transcriber.from_checkpoint(args.model, device=args.device, decoder=args.decoder,
+                                              chunking=chunking, **options)
+    summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir)
+    where = f" -> {args.output_dir}" if args.output_dir else ""
+    print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
+          + (f"; {len(summary.failed)} failed" if summary.failed else ""), file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 # --- lm (helper F) ----------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Real-time factor of transcription with greedy and beam search (+ word LM) on one CPU thread.
+
+Each utterance of the manifest goes through the `Transcriber` one at a time, as `asr transcribe`
+runs a file: silence split, features, CMVN, model, decoder, word times. Reading the audio from
+disk is not timed (the waveforms are loaded first); everything after it is. One warm-up
+utterance per decoder is run and not counted.
+
+    python scripts/bench_decode.py --model exp/demo --manifest data/manifests/test.jsonl \\
+        --lm data/lm/4gram.arpa --max-utts 200
+
+prints, per decoder: seconds of audio, wall seconds, x real time (audio s / wall s), the part of
+the wall time spent in the model (features + network) and in the search, and the WER against the
+manifest's text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+
+class _Timed:
+    """Wraps a callable (the model, or a decoder's `decode`) and adds up its wall time."""
+
+    def __init__(self, function):
+        self.function = function
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def bench(inference, decoder, waveforms, refs, label: str) -> dict:
+    """Transcribe every waveform with `decoder`; returns the row of the table."""
+    from asr.score import wer_cer
+    from asr.transcribe import Transcriber
+
+    model_time = _Timed(inference.forward)
+    search_time = _Timed(decoder.decode)
+    decoder.decode = search_time
+    transcriber = Transcriber(inference, decoder)
+    transcriber.inference = model_time
+    transcriber.transcribe(waveforms[0])  # warm-up, not counted
+    model_time.seconds = search_time.seconds = 0.0
+    hyps = []
+    start = time.perf_counter()
+    for waveform in waveforms:
+        hyps.append(transcriber.transcribe(waveform).text)
+    wall = time.perf_counter() - start
+    audio = sum(len(w) for w in waveforms) / transcriber.sample_rate
+    wer, _ = wer_cer(refs, hyps) if any(refs) else (float("nan"), None)
+    return {"decoder": label, "audio_s": audio, "wall_s": wall, "rtfx": audio / wall,
+            "model_s": model_time.seconds, "search_s": search_time.seconds, "wer": wer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint .pt or experiment folder")
+    parser.add_argument("--manifest", required=True, help="JSONL manifest (id, audio, duration, text)")
+    parser.add_argument("--lm", help="word n-gram LM (ARPA) for the beam + LM row")
+    parser.add_argument("--max-utts", type=int, default=200, help="utterances from the start of the manifest")
+    parser.add_argument("--beam-size", type=int, default=50)
+    parser.add_argument("--lm-weight", type=float, default=0.5)
+    parser.add_argument("--word-score", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the targets are for 1)")
+    parser.add_argument("--decoders", default="greedy,beam,beam+lm",
+                        help="rows to run, from greedy, beam, beam+lm (beam+lm needs --lm)")
+    args = parser.parse_args(argv)
+
+    from asr.audio import load_audio
+    from asr.checkpoint import InferenceModel, resolve_checkpoint
+    from asr.data.manifest import read_manifest
+    from asr.decode import build_decoder
+    from asr.errors import AsrError
+    from asr.model import count_parameters
+
+    torch.set_num_threads(args.threads)
+    try:
+        inference = InferenceModel.from_checkpoint(args.model, device="cpu")
+        records = read_manifest(args.manifest)[: args.max_utts]
+        if not records:
+            raise AsrError(f"{args.manifest}: no utterances")
+        waveforms = [load_audio(r["audio"], inference.sample_rate) for r in records]
+        refs = [r.get("text", "") for r in records]
+        rows = []
+        for label in args.decoders.split(","):
+            if label == "greedy":
+                decoder = build_decoder("greedy", inference.tokenizer)
+            elif label == "beam":
+                decoder = build_decoder("beam", inference.tokenizer, beam_size=args.beam_size)
+            elif label == "beam+lm":
+                if not args.lm:
+                    print("skipping beam+lm: no --lm given", file=sys.stderr)
+                    continue
+                decoder = build_decoder("beam", inference.tokenizer, beam_size=args.beam_size, lm=args.lm,
+                                        lm_weight=args.lm_weight, word_score=args.word_score)
+            else:
+                raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
+            rows.append(bench(inference, decoder, waveforms, refs, label))
+    except AsrError as err:
+        print(f"bench_decode: error: {err}", file=sys.stderr)
+        return 1
+
+    config = inference.model_config
+    print(f"model {resolve_checkpoint(args.model)}: {config.rnn_type} {config.layers}x{config.hidden} "
+          f"{'bi' if config.bidirectional else 'uni'}directional, subsample {config.subsample}, "
+          f"{count_parameters(inference.model) / 1e6:.2f}M parameters; {len(records)} utterances; "
+          f"torch threads {torch.get_num_threads()}; beam size {args.beam_size}"
+          + (f"; LM {args.lm} (weight {args.lm_weight}, word score {args.word_score})" if args.lm else ""))
+    header = f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'model s':>8} {'search s':>9} {'WER %':>7}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['decoder']:<10} {row['audio_s']:>9.1f} {row['wall_s']:>8.2f} {row['rtfx']:>12.0f} "
+              f"{row['model_s']:>8.2f} {row['search_s']:>9.2f} {100 * row['wer']:>7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

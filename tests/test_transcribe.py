@@ -1,0 +1,320 @@
+"""Tests of asr.transcribe: word times, chunking of long audio, stitching, output formats, the
+full path from a file at any rate through an (untrained, tiny) checkpoint, and the CLI verb."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import string
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asr.decode import GreedyDecoder
+from asr.features import FeatureConfig
+from asr.transcribe import (
+    ChunkingConfig,
+    Transcriber,
+    Transcript,
+    Word,
+    batch_chunks,
+    expand_inputs,
+    hypothesis_words,
+    nonsilent_intervals,
+    split_on_silence,
+    stitch,
+    to_srt,
+    transcribe_files,
+)
+
+SR = 16000
+TOKENS = ["<blank>", "|", "'", *string.ascii_uppercase]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny untrained BiRNNCTC checkpoint in the contract's format; the blank is pushed down so
+    that the untrained model emits words (and word times) at all."""
+    from asr.checkpoint import save_checkpoint
+    from asr.features import FeatureConfig
+    from asr.model import BiRNNCTC, ModelConfig
+
+    torch.manual_seed(0)
+    feature_config = FeatureConfig()
+    model_config = ModelConfig(input_dim=feature_config.dim, vocab_size=len(TOKENS), hidden=16, layers=1,
+                               conv_channels=4, dropout=0.0)
+    model = BiRNNCTC(model_config)
+    with torch.no_grad():
+        model.head.bias[0] = -3.0
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {
+        "model": model.state_dict(), "model_config": dataclasses.asdict(model_config),
+        "feature_config": dataclasses.asdict(feature_config), "tokens": TOKENS,
+        "cmvn": {"mean": torch.full((feature_config.dim,), 5.0), "std": torch.full((feature_config.dim,), 3.0)},
+        "step": 0, "epoch": 0, "valid": None,
+    })
+    return path
+
+
+def tone_bursts(bursts: list[tuple[float, float]], total_s: float, rate: int = SR, seed: int = 0) -> np.ndarray:
+    """A waveform of `total_s` seconds: 0.3-amplitude tones at [start, end) seconds, faint noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    wave = 1e-4 * rng.standard_normal(int(total_s * rate))
+    for i, (start, end) in enumerate(bursts):
+        a, b = int(start * rate), int(end * rate)
+        wave[a:b] += 0.3 * np.sin(2 * np.pi * (300 + 50 * (i % 7)) * np.arange(b - a) / rate)
+    return wave.astype(np.float32)
+
+
+# --- word times -------------------------------------------------------------------------------
+def test_word_times_from_hand_built_log_probs():
+    # Best path over 12 frames: _ H H I _ | | Y O _ _ U  -> "HI YOU"
+    path = ["<blank>", "H", "H", "I", "<blank>", "|", "|", "Y", "O", "<blank>", "<blank>", "U"]
+    best = 0.7
+    probs = np.full((len(path), len(TOKENS)), (1 - best) / (len(TOKENS) - 1))
+    for frame, token in enumerate(path):
+        probs[frame, TOKENS.index(token)] = best - 0.05 * (frame % 3)  # differ per frame
+        probs[frame] /= probs[frame].sum()
+    log_probs = torch.tensor(np.log(probs), dtype=torch.float32)[None]  # (1, T, V)
+    hyp = GreedyDecoder(TOKENS).decode(log_probs, torch.tensor([len(path)]))[0]
+    spf = 0.04
+    words = stitch([(10.0, hypothesis_words(hyp, TOKENS, spf, log_probs[0]))])
+
+    def conf(frames_tokens):
+        return math.exp(np.mean([np.log(probs[f, TOKENS.index(t)]) for f, t in frames_tokens]))
+
+    expected = [
+        Word("HI", 10.0 + 1 * spf, 10.0 + 4 * spf, conf([(1, "H"), (3, "I")])),
+        Word("YOU", 10.0 + 7 * spf, 10.0 + 12 * spf, conf([(7, "Y"), (8, "O"), (11, "U")])),
+    ]
+    assert [w.word for w in words] == ["HI", "YOU"]
+    for got, want in zip(words, expected):
+        assert got.start == pytest.approx(want.start)
+        assert got.end == pytest.approx(want.end)
+        assert got.confidence == pytest.approx(want.confidence, rel=1e-5)
+        assert 0.0 <= got.confidence <= 1.0
+
+
+def test_stitch_orders_chunks_and_offsets_words():
+    chunk_b = [Word("C", 0.2, 0.5, 0.9), Word("D", 1.0, 1.3, 0.8)]
+    chunk_a = [Word("A", 0.0, 0.3, 0.5), Word("B", 0.4, 0.6, 0.7)]
+    chunk_c = [Word("E", 0.1, 0.9, 0.6)]
+    # Chunks arrive in batch order (longest first), not in time order.
+    words = stitch([(30.0, chunk_c), (12.5, chunk_b), (0.0, chunk_a)], duration=30.5)
+    assert [w.word for w in words] == ["A", "B", "C", "D", "E"]
+    assert [w.start for w in words] == pytest.approx([0.0, 0.4, 12.7, 13.5, 30.1])
+    assert [w.end for w in words] == pytest.approx([0.3, 0.6, 13.0, 13.8, 30.5])  # last end clipped to duration
+    assert [w.confidence for w in words] == [0.5, 0.7, 0.9, 0.8, 0.6]
+
+
+# --- long audio -------------------------------------------------------------------------------
+def _bursts_3min(seed: int = 1) -> list[tuple[float, float]]:
+    rng = np.random.default_rng(seed)
+    bursts, t = [], 0.7
+    while True:
+        length = rng.uniform(0.2, 6.0)
+        if len(bursts) == 5:
+            length = 47.0  # one stretch of sound much longer than max_chunk_s
+        if t + length > 178.0:
+            return bursts
+        bursts.append((t, t + length))
+        t += length + rng.uniform(0.3, 4.0)
+
+
+def test_split_three_minutes_of_bursts():
+    import librosa
+
+    bursts = _bursts_3min()
+    wave = tone_bursts(bursts, 180.0)
+    config = ChunkingConfig(max_chunk_s=20.0, top_db=40.0)
+    # The silence detector agrees with librosa.effects.split.
+    assert np.array_equal(nonsilent_intervals(wave, 40.0), librosa.effects.split(wave, top_db=40.0))
+
+    chunks = split_on_silence(wave, config)
+    max_len = int(config.max_chunk_s * SR)
+    assert all(0 < end - start <= max_len for start, end in chunks)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(chunks, chunks[1:]))  # in order, disjoint
+    covered = np.zeros(len(wave), dtype=bool)
+    for start, end in chunks:
+        covered[start:end] = True
+    for start, end in bursts:
+        assert covered[int(start * SR) : int(end * SR)].all(), f"burst {start:.2f}-{end:.2f} s not covered"
+    # Long silences are left out, and the 47 s burst needed at least 3 chunks.
+    assert covered.sum() < 0.95 * len(wave)
+    long_start, long_end = bursts[5]
+    inside = [c for c in chunks if c[1] > long_start * SR and c[0] < long_end * SR]
+    assert len(inside) >= 3
+
+
+def test_batches_are_bounded_and_cover_all_chunks():
+    lengths = [5, 20, 3, 19, 20, 1, 7, 7, 12]
+    batches = batch_chunks(lengths, 40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 40 for b in batches)
+
+
+class _OnsetModel:
+    """Stands in for InferenceModel: emits "A" at each output frame where the audio turns loud and
+    "|" where it turns quiet, so each tone burst becomes one word starting at its onset."""
+
+    feature_config = FeatureConfig()
+    seconds_per_frame = 0.04
+    tokenizer = type("Tok", (), {"tokens": TOKENS})()
+
+    def __init__(self):
+        self.batch_shapes = []
+
+    def __call__(self, waves, wave_lengths):
+        self.batch_shapes.append(tuple(waves.shape))
+        hop = int(self.seconds_per_frame * SR)
+        frames = waves.shape[1] // hop
+        loud = waves[:, : frames * hop].reshape(len(waves), frames, hop).abs().amax(dim=2) > 0.05
+        previous = torch.nn.functional.pad(loud[:, :-1], (1, 0), value=False)
+        best = torch.zeros(len(waves), frames, dtype=torch.long)
+        best[loud & ~previous] = TOKENS.index("A")
+        best[~loud & previous] = TOKENS.index("|")
+        log_probs = torch.full((len(waves), frames, len(TOKENS)), -10.0).scatter(2, best[..., None], 0.0)
+        return log_probs, wave_lengths // hop
+
+
+def test_long_audio_words_come_back_in_order_at_their_onsets():
+    bursts = _bursts_3min(seed=2)
+    wave = tone_bursts(bursts, 180.0)
+    model = _OnsetModel()
+    transcriber = Transcriber(model, GreedyDecoder(TOKENS), ChunkingConfig(max_chunk_s=20.0, batch_s=45.0))
+    transcript = transcriber.transcribe(torch.from_numpy(wave), sample_rate=SR)
+    assert transcript.duration == pytest.approx(180.0)
+    assert all(batch * samples <= 45.0 * SR for batch, samples in model.batch_shapes)
+    assert len(model.batch_shapes) > 1
+    # Each burst is one word starting at its onset (a chunk cut inside the 47 s burst adds one).
+    onsets = [w.start for w in transcript.words]
+    assert onsets == sorted(onsets)
+    for start, _ in bursts:
+        assert min(abs(o - start) for o in onsets) <= 0.04 + 1e-6
+    assert len(bursts) <= len(onsets) <= len(bursts) + 3
+
+
+# --- output formats ---------------------------------------------------------------------------
+def test_srt_format():
+    words = [Word("HELLO", 0.5, 0.9, 1.0), Word("WORLD", 1.0, 1.4, 1.0),  # cue 1
+             Word("AFTER", 4.0, 4.5, 1.0),  # pause > 1.5 s: cue 2
+             *[Word(f"WORD{i}", 5.0 + 0.5 * i, 5.4 + 0.5 * i, 1.0) for i in range(8)],  # split at 42 chars
+             Word("LATE", 3725.5, 3726.25, 1.0)]
+    srt = to_srt(Transcript(" ".join(w.word for w in words), words, 3727.0))
+    blocks = srt.strip("\n").split("\n\n")
+    assert blocks[0] == "1\n00:00:00,500 --> 00:00:01,400\nHELLO WORLD"
+    assert blocks[-1].endswith("01:02:05,500 --> 01:02:06,250\nLATE")
+    pattern = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})\n(.+)$")
+    for number, block in enumerate(blocks, 1):
+        match = pattern.match(block)
+        assert match, block
+        assert int(match.group(1)) == number
+        assert match.group(2) < match.group(3)
+        assert len(match.group(4)) <= 42
+    texts = [pattern.match(b).group(4) for b in blocks]
+    assert " ".join(texts) == " ".join(w.word for w in words)  # nothing lost or reordered
+    assert texts[1].startswith("AFTER")
+
+
+# --- full path through a checkpoint -------------------------------------------------------------
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (8000, 1)])
+def test_files_at_any_rate_transcribe_through_a_checkpoint(checkpoint, tmp_path, rate, channels):
+    bursts = [(0.3, 1.1), (1.6, 2.4)]
+    mono = tone_bursts(bursts, 3.0, rate=rate)
+    data = np.stack([mono, 0.5 * mono], axis=1) if channels == 2 else mono
+    path = tmp_path / f"speech_{rate}.wav"
+    soundfile.write(path, data, rate, subtype="PCM_16")
+    transcriber = Transcriber.from_checkpoint(checkpoint, device="cpu")
+    transcript = transcriber.transcribe(path)
+    assert transcript.duration == pytest.approx(3.0, abs=1e-3)
+    assert transcript.words, "the blank-suppressed tiny model should emit words"
+    assert transcript.text == " ".join(w.word for w in transcript.words)
+    for w in transcript.words:
+        assert 0.0 <= w.start < w.end <= transcript.duration
+        assert 0.0 <= w.confidence <= 1.0
+    assert [w.start for w in transcript.words] == sorted(w.start for w in transcript.words)
+
+    # The same audio given as a waveform at its own rate gives the same transcript.
+    again = transcriber.transcribe(torch.from_numpy(data.T.copy() if channels == 2 else data), sample_rate=rate)
+    assert again.text == transcript.text
+
+    # JSON output to a folder, one file per input.
+    out = tmp_path / "out"
+    summary = transcribe_files(transcriber, [str(path)], "json", out)
+    assert summary.done == 1 and not summary.failed
+    payload = json.loads((out / f"speech_{rate}.json").read_text())
+    assert payload["text"] == transcript.text
+    assert [w["word"] for w in payload["words"]] == [w.word for w in transcript.words]
+    assert all(0 <= w["start"] < w["end"] <= payload["duration"] for w in payload["words"])
+
+
+def test_expand_inputs_folders_globs_and_missing(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/one.wav", "a/deep/two.flac", "a/notes.txt", "three.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    items = expand_inputs([str(tmp_path / "a"), str(tmp_path / "*.wav")])
+    assert [(i.path.name, str(i.name)) for i in items] == [("two.flac", "deep/two"), ("one.wav", "one"),
+                                                            ("three.wav", "three")]
+    with pytest.raises(Exception, match="missing.wav: no such file"):
+        expand_inputs([str(tmp_path / "missing.wav")])
+    with pytest.raises(Exception, match="no file matches"):
+        expand_inputs([str(tmp_path / "*.mp3")])
+
+
+# --- CLI --------------------------------------------------------------------------------------
+def test_cli_missing_file_is_one_line_and_exit_1(checkpoint, tmp_path, capsys):
+    from asr.cli import main
+
+    code = main(["transcribe", "--model", str(checkpoint), str(tmp_path / "nowhere.wav")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "nowhere.wav" in lines[0] and "error" in lines[0]
+
+
+def test_cli_folder_with_corrupt_file_continues_and_exits_1(checkpoint, tmp_path, capsys):
+    from asr.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    soundfile.write(folder / "good.wav", tone_bursts([(0.2, 0.9)], 1.2), SR)
+    (folder / "bad.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    code = main(["transcribe", "--model", str(checkpoint), "--output-format", "srt",
+                 "--output-dir", str(tmp_path / "out"), str(folder)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bad.wav" in captured.err and "1 failed" in captured.err
+    assert (tmp_path / "out" / "good.srt").exists()
+    assert not (tmp_path / "out" / "bad.srt").exists()
+
+
+def test_silence_and_too_short_audio_give_empty_transcripts(checkpoint):
+    transcriber = Transcriber.from_checkpoint(checkpoint, device="cpu")
+    assert split_on_silence(np.zeros(3 * SR, dtype=np.float32)) == []  # digital silence has no sound
+    for waveform, duration in [(torch.zeros(3 * SR), 3.0), (0.1 * torch.randn(200), 200 / SR), (torch.zeros(0), 0.0)]:
+        transcript = transcriber.transcribe(waveform)
+        assert transcript.text == "" and transcript.words == []
+        assert transcript.duration == pytest.approx(duration)
+
+
+def test_long_files_are_read_in_blocks_like_a_whole_read(checkpoint, tmp_path):
+    from asr.audio import load_audio
+
+    rate = 44100
+    rng = np.random.default_rng(3)
+    tone = 0.2 * np.sin(2 * np.pi * 220 * np.arange(int(3.5 * rate)) / rate)
+    data = np.stack([tone, tone + 0.01 * rng.standard_normal(tone.shape)], axis=1).astype(np.float32)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, data, rate, subtype="FLOAT")
+    transcriber = Transcriber.from_checkpoint(checkpoint, device="cpu", chunking=ChunkingConfig(read_block_s=1.0))
+    blocks, whole = transcriber.read(path), load_audio(path)
+    assert blocks.shape == whole.shape
+    # Identical away from the block joins; within a few samples of them, only resampling edge error.
+    assert torch.allclose(blocks[1000:15000], whole[1000:15000], atol=1e-4)
+    assert (blocks - whole).abs().max() < 0.05
