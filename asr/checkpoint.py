@@ -7,7 +7,8 @@ A checkpoint carries everything needed to transcribe:
      "valid": {"loss", "cer", "wer"} | None}
 
 and, in training checkpoints (`last.pt`, `step-N.pt`), also "optimizer", "scheduler", "sampler",
-"rng" and "config" (the full resolved experiment config as a plain dict), "scaler" with fp16.
+"rng" and "config" (the full resolved experiment config as a plain dict), "best" (lowest valid
+WER so far), "skipped_steps", and "scaler" with fp16.
 Only plain Python values and tensors are stored (RNG states as tensors and lists, never numpy
 objects), so loading never runs pickled code.
 
@@ -32,7 +33,7 @@ from asr.errors import DataError
 from asr.fileio import atomic_torch_save
 
 # Keys that only training needs; dropped from best.pt and avg-K.pt.
-TRAINING_KEYS = ("optimizer", "scheduler", "sampler", "rng", "config", "scaler")
+TRAINING_KEYS = ("optimizer", "scheduler", "sampler", "rng", "config", "scaler", "best", "skipped_steps")
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 _AVG_RE = re.compile(r"^avg-(\d+)\.pt$")
 

@@ -1,0 +1,302 @@
+"""The trainer: an end-to-end run on a tiny generated corpus, exact resume, DDP on CPU, configs.
+
+Every run here is tiny (a 20-utterance corpus of tones, a 2-layer GRU of 16 units) and goes
+through `asr.cli.main`, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from asr.checkpoint import InferenceModel, load_checkpoint
+from asr.cli import main
+from asr.config import load_config
+from asr.data.dataset import collate
+from asr.text import Tokenizer
+from asr.train import (
+    ExperimentConfig,
+    build_optimizer,
+    ctc_min_frames,
+    learning_rate,
+    load_experiment_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["AB", "BA", "CAB", "A", "ABBA", "BAC"]
+INFEASIBLE_ID = "train-long-text"
+TINY = [
+    "features.num_mel_bins=23",
+    "model.hidden=16",
+    "model.layers=2",
+    "model.conv_channels=4",
+    "model.subsample=2",
+    "model.dropout=0.3",
+    "specaug.freq_width=5",
+    "specaug.time_width_ratio=0.2",
+    "data.max_duration=5",  # with 2 buckets: 4 batches an epoch
+    "data.num_buckets=2",
+    "data.num_workers=0",
+    "optim.warmup_steps=2",
+    "optim.lr=3e-3",
+    "train.log_every=2",
+    "train.seed=7",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine makes 2 threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_corpus(root: Path, name: str, count: int, seed: int, extra: list[dict] = (), fixed: float = 0.0) -> Path:
+    """Tones plus noise, 0.6-1.15 s (or all `fixed` s), transcripts from a 3-letter alphabet;
+    a JSONL manifest."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(count):
+        duration = fixed or 0.6 + 0.05 * (i % 12)
+        t = np.arange(int(duration * 16000)) / 16000
+        wave = 0.1 * np.sin(2 * np.pi * (200 + 50 * (i % 6)) * t) + 0.01 * rng.standard_normal(len(t))
+        path = root / f"{name}-{i}.flac"
+        sf.write(path, wave.astype(np.float32), 16000)
+        text = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 2))
+        records.append({"id": f"{name}-{i}", "audio": path.name, "duration": len(t) / 16000, "text": text,
+                        "speaker": "s1"})
+    manifest = root / f"{name}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [*records, *extra]))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    # 0.6 s gives 29 output frames at subsample 2: 40 letters cannot be aligned.
+    infeasible = {"id": INFEASIBLE_ID, "audio": "train-0.flac", "duration": 0.6, "text": "A" * 40, "speaker": "s1"}
+    return {
+        "train": write_corpus(root, "train", 16, seed=0, extra=[infeasible]),
+        "valid": write_corpus(root, "valid", 4, seed=1),
+        "root": root,
+    }
+
+
+def run_train(corpus, exp: Path, *overrides: str) -> int:
+    return main(["train", "--train", str(corpus["train"]), "--valid", str(corpus["valid"]), "--exp", str(exp),
+                 *TINY, *overrides])
+
+
+def final_weights(exp: Path) -> dict:
+    return load_checkpoint(exp / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+    """12 steps in one go (4 batches an epoch: 3 epochs), validating each epoch."""
+    exp = tmp_path_factory.mktemp("straight")
+    assert run_train(corpus, exp, "train.epochs=3", "train.max_steps=12", "optim.decay_steps=12",
+                     "train.checkpoint_every=5", "train.keep_last=2") == 0
+    return exp
+
+
+def test_end_to_end_writes_the_experiment(straight, corpus, capsys):
+    exp = straight
+    for name in ("config.yaml", "tokens.txt", "cmvn.pt", "training_curves.png", "log/train.log",
+                 "log/metrics.jsonl", "log/dropped.txt", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (exp / name).is_file(), name
+    assert any((exp / "log" / "tensorboard").iterdir())
+    # keep_last=2 of step-5, step-10 and the epoch-end checkpoints 4, 8, 12
+    assert sorted(p.name for p in (exp / "checkpoints").glob("step-*.pt")) == ["step-10.pt", "step-12.pt"]
+    assert (exp / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The resolved config reloads to the same config (derived model sizes left out).
+    config = load_experiment_config(exp / "config.yaml")
+    assert config == load_experiment_config(None, TINY + ["train.epochs=3", "train.max_steps=12",
+                                                          "optim.decay_steps=12", "train.checkpoint_every=5",
+                                                          "train.keep_last=2"])
+    assert "input_dim" not in yaml.safe_load((exp / "config.yaml").read_text())["model"]
+
+    # The infeasible utterance is left out, listed and logged, never an infinite loss.
+    dropped = (exp / "log" / "dropped.txt").read_text()
+    assert dropped.startswith(f"train\t{INFEASIBLE_ID}\t79 CTC labels")  # 40 letters + 39 repeats
+    assert INFEASIBLE_ID in (exp / "log" / "train.log").read_text()
+
+    metrics = [json.loads(line) for line in (exp / "log" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [m for m in metrics if m["kind"] == "train"]
+    valid_lines = [m for m in metrics if m["kind"] == "valid"]
+    assert [m["step"] for m in valid_lines] == [4, 8, 12]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]  # it learns something
+    assert all(0.0 <= m["cer"] and 0.0 <= m["wer"] for m in valid_lines)
+
+    # Checkpoints: plain data (weights_only), training keys only where they belong.
+    last = torch.load(exp / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(exp / "checkpoints" / "best.pt", weights_only=True)
+    assert last["step"] == 12 and last["epoch"] == 3
+    assert {"optimizer", "scheduler", "sampler", "rng", "config"} <= last.keys()
+    assert not {"optimizer", "rng", "config"} & best.keys()
+    assert best["valid"]["wer"] == min(m["wer"] for m in valid_lines)
+    assert last["tokens"] == Tokenizer.load(exp / "tokens.txt").to_list()
+    assert last["model_config"]["input_dim"] == 23 and last["model_config"]["vocab_size"] == 5
+
+    # What transcribe uses: the experiment folder resolves to a model that runs.
+    inference = InferenceModel.from_checkpoint(exp, device="cpu")
+    log_probs, lengths = inference(torch.zeros(1, 16000), torch.tensor([16000]))
+    # 1 s: 1 + (16000 - 400) // 160 = 98 frames (snip_edges), halved by the front-end: 49.
+    assert log_probs.shape == (1, 49, 5) and lengths.tolist() == [49]
+
+    # Rerunning a finished experiment trains nothing more.
+    capsys.readouterr()
+    assert run_train(corpus, exp, "train.epochs=3", "train.max_steps=12", "optim.decay_steps=12",
+                     "train.checkpoint_every=5", "train.keep_last=2") == 0
+    assert "step 12, epoch 3" in capsys.readouterr().out
+    assert torch.equal(final_weights(exp)["head.weight"], last["model"]["head.weight"])
+
+    # asr average: the mean of the last two step checkpoints.
+    assert main(["average", "--exp", str(exp), "--last", "2"]) == 0
+    averaged = torch.load(exp / "checkpoints" / "avg-2.pt", weights_only=True)["model"]
+    a = torch.load(exp / "checkpoints" / "step-10.pt", weights_only=True)["model"]
+    b = torch.load(exp / "checkpoints" / "step-12.pt", weights_only=True)["model"]
+    for key in a:
+        if a[key].is_floating_point():
+            torch.testing.assert_close(averaged[key], (a[key] + b[key]) / 2, rtol=0, atol=1e-7)
+    assert main(["average", "--exp", str(exp), "--last", "3"]) == 1
+
+
+def test_resume_matches_an_uninterrupted_run(straight, corpus, tmp_path):
+    """6 steps, stop (mid-epoch 2), then rerun to 12: the same weights as 12 steps straight.
+
+    Dropout 0.3 and SpecAugment are on, so this also checks that RNG states are restored, and
+    that the sampler resumes in the middle of an epoch.
+    """
+    exp = tmp_path / "resumed"
+    common = ["train.epochs=3", "optim.decay_steps=12", "train.checkpoint_every=5", "train.keep_last=2"]
+    assert run_train(corpus, exp, *common, "train.max_steps=6") == 0
+    first = load_checkpoint(exp / "checkpoints" / "last.pt")
+    assert first["step"] == 6 and first["sampler"]["epoch"] == 1 and first["sampler"]["batches_done"] == 2
+    assert run_train(corpus, exp, *common, "train.max_steps=12") == 0
+    resumed, reference = final_weights(exp), final_weights(straight)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6, msg=key)
+    assert "resumed from" in (exp / "log" / "train.log").read_text()
+    steps = [json.loads(line)["step"] for line in (exp / "log" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == sorted(set(steps))  # no duplicated lines after the resume
+
+
+def test_cli_errors_name_the_key_and_file(corpus, tmp_path, capsys):
+    assert run_train(corpus, tmp_path / "e1", "model.hiden=3") == 1
+    err = capsys.readouterr().err
+    assert "model.hiden" in err and "did you mean 'model.hidden'" in err and len(err.strip().splitlines()) == 1
+    assert run_train(corpus, tmp_path / "e2", "model.input_dim=3") == 1
+    assert "model.input_dim" in capsys.readouterr().err
+    assert run_train(corpus, tmp_path / "e3", "train.amp=fp8") == 1
+    assert "train.amp" in capsys.readouterr().err
+    missing = tmp_path / "nope.jsonl"
+    assert main(["train", "--train", str(missing), "--valid", str(corpus["valid"]), "--exp", str(tmp_path / "e4")]) == 1
+    assert str(missing) in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "none.yaml"), "--train", str(corpus["train"]), "--valid",
+                 str(corpus["valid"]), "--exp", str(tmp_path / "e5")]) == 1
+    assert "none.yaml" in capsys.readouterr().err
+
+
+def test_stats_verb(corpus, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    assert main(["stats", "--train", str(corpus["train"]), "--exp", str(exp), "features.num_mel_bins=23"]) == 0
+    assert "5 tokens" in capsys.readouterr().out
+    assert torch.load(exp / "cmvn.pt", weights_only=True)["mean"].shape == (23,)
+    assert Tokenizer.load(exp / "tokens.txt").tokens == ["<blank>", "|", "A", "B", "C"]
+
+
+def test_ctc_min_frames_and_schedule():
+    targets = torch.tensor([[2, 2, 3, 3, 3], [2, 3, 2, 0, 0], [4, 4, 0, 0, 0]])
+    lengths = torch.tensor([5, 3, 1])
+    assert ctc_min_frames(targets, lengths).tolist() == [5 + 3, 3, 1]
+    config = ExperimentConfig()
+    optim = load_config(ExperimentConfig, None, ["optim.warmup_steps=10", "optim.lr=1.0", "optim.final_lr=0.01"]).optim
+    assert learning_rate(5, optim, 110) == pytest.approx(0.5)
+    assert learning_rate(10, optim, 110) == pytest.approx(1.0)
+    assert learning_rate(60, optim, 110) == pytest.approx(0.505)  # cosine half way
+    assert learning_rate(110, optim, 110) == pytest.approx(0.01)
+    noam = load_config(ExperimentConfig, None, ["optim.warmup_steps=10", "optim.decay=noam"]).optim
+    assert learning_rate(40, noam, 0) == pytest.approx(noam.lr * 0.5)
+    expo = load_config(ExperimentConfig, None, ["optim.warmup_steps=0", "optim.decay=exponential",
+                                                "optim.lr=1.0", "optim.final_lr=0.01"]).optim
+    assert learning_rate(50, expo, 100) == pytest.approx(0.1)
+    assert config.train.amp == "bf16"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.yaml")))
+def test_every_conf_builds_and_takes_a_step(name, tmp_path):
+    """Each shipped config: its model builds and one optimizer step on a 1-second batch works."""
+    from asr.features import GlobalCMVN, SpecAugment
+    from asr.train import Runtime, Trainer, train_step
+    from asr.model import BiRNNCTC
+
+    config = load_experiment_config(REPO / "conf" / name)
+    tokenizer = Tokenizer.build(["AB BA"])
+    model_config = config.model_config(tokenizer.vocab_size)
+    torch.manual_seed(0)
+    model = BiRNNCTC(model_config)
+    dim = config.features.dim
+    items = [{"id": f"u{i}", "waveform": 0.1 * torch.randn(16000 - 4000 * i), "tokens": torch.tensor([2, 3, 1, 3, 2]),
+              "text": "AB BA"} for i in range(2)]
+    trainer = Trainer(config=config, runtime=Runtime(), exp_dir=tmp_path, model=model, raw_model=model,
+                      model_config=model_config, tokenizer=tokenizer,
+                      cmvn=GlobalCMVN(torch.zeros(dim), torch.ones(dim)), specaug=SpecAugment(config.specaug),
+                      optimizer=build_optimizer(model, config.optim), scaler=None, train_loader=None,
+                      valid_loader=None, decay_steps=100, metrics=None)
+    before = model.head.weight.detach().clone()
+    stats = train_step(trainer, collate(items))
+    assert math.isfinite(stats["loss_sum"]) and stats["utts"] == 2 and stats["stepped"]
+    assert not torch.equal(before, model.head.weight)
+
+
+def test_ddp_two_cpu_processes(corpus, tmp_path):
+    """torchrun, 2 processes, gloo: disjoint batches per rank, identical weights at the end."""
+    # 8 utterances of 1 s, 2 a batch: 4 batches an epoch, 2 per rank, no padding repeats.
+    train_manifest = write_corpus(tmp_path / "ddp-data", "train", 8, seed=2, fixed=1.0)
+    exp = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "asr.cli", "train", "--train", str(train_manifest), "--valid", str(corpus["valid"]),
+               "--exp", str(exp), *TINY, "data.max_duration=2", "train.epochs=2", "train.debug_rank_files=true", "train.device=cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    debug = exp / "log" / "debug"
+    batches = {}
+    for rank in (0, 1):
+        lines = (debug / f"rank{rank}.batches.txt").read_text().splitlines()
+        batches[rank] = [line.split() for line in lines]  # step epoch ids...
+    assert len(batches[0]) == len(batches[1]) > 0
+    for (step0, epoch0, *ids0), (step1, epoch1, *ids1) in zip(batches[0], batches[1]):
+        assert (step0, epoch0) == (step1, epoch1)
+    assert len(batches[0]) == 4  # 2 epochs x 2 batches
+    for epoch in ("0", "1"):
+        rank0 = set().union(*[set(ids) for _, e, *ids in batches[0] if e == epoch])
+        rank1 = set().union(*[set(ids) for _, e, *ids in batches[1] if e == epoch])
+        assert not rank0 & rank1, f"epoch {epoch}: ranks share {rank0 & rank1}"
+        assert len(rank0 | rank1) == 8  # every training utterance, once
+    w0 = torch.load(debug / "rank0.final.pt", weights_only=True)["model"]
+    w1 = torch.load(debug / "rank1.final.pt", weights_only=True)["model"]
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
+    # Only rank 0 writes the experiment.
+    assert (exp / "checkpoints" / "last.pt").is_file()
+    assert sorted(p.name for p in exp.iterdir()) == ["checkpoints", "cmvn.pt", "config.yaml", "log", "tokens.txt",
+                                                     "training_curves.png"]
