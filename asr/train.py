@@ -471,6 +471,7 @@ class Trainer:
     decay_steps: int
     metrics: MetricsLog
     state: TrainState = field(default_factory=TrainState)
+    stop: "StopRequest | None" = None  # set by Ctrl-C / SIGTERM: save last.pt after this step and stop
     ctc: nn.CTCLoss = field(default_factory=lambda: nn.CTCLoss(blank=0, reduction="none", zero_infinity=True))
 
     @property
@@ -480,6 +481,48 @@ class Trainer:
     @property
     def checkpoint_dir(self) -> Path:
         return self.exp_dir / "checkpoints"
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during training: finish the current step, save last.pt, then stop.
+
+    A second signal aborts at once. Handlers are installed only in the main thread and restored
+    on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: saving last.pt after this step (signal again to abort now)")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def agreed(self, runtime: "Runtime") -> bool:
+        """Whether any rank was asked to stop; then every rank counts as asked (every rank
+        must call it at the same step)."""
+        if runtime.distributed:
+            flag = torch.tensor([float(self.requested)], device=runtime.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = bool(flag.item())
+        return self.requested
 
 
 # --- loss, one epoch, validation ---------------------------------------------------------------
@@ -616,7 +659,7 @@ def train_one_epoch(trainer: Trainer, stop_step: int) -> bool:
                 run_validation(trainer)
             if train_config.checkpoint_every and state.step % train_config.checkpoint_every == 0 and not end_of_epoch:
                 save_checkpoint_files(trainer)
-            if state.step >= stop_step:
+            if state.step >= stop_step or (trainer.stop is not None and trainer.stop.agreed(runtime)):
                 completed = state.batches_done == total
                 break
     return completed
@@ -1023,15 +1066,20 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     state = trainer.state
     stop_step = train_config.max_steps or math.inf
     try:
-        while state.epoch < train_config.epochs and state.step < stop_step:
-            completed = train_one_epoch(trainer, stop_step)
-            if completed:
-                state.epoch += 1
-                state.batches_done = 0
-            finished = state.epoch >= train_config.epochs or state.step >= stop_step
-            if (completed and not train_config.valid_every) or finished:
-                run_validation(trainer)
-            save_checkpoint_files(trainer)
+        with StopRequest() as trainer.stop:
+            while state.epoch < train_config.epochs and state.step < stop_step:
+                completed = train_one_epoch(trainer, stop_step)
+                if completed:
+                    state.epoch += 1
+                    state.batches_done = 0
+                if trainer.stop.requested:
+                    save_checkpoint_files(trainer)
+                    log.warning("stopped at step %d: rerun the same command to resume", state.step)
+                    raise KeyboardInterrupt
+                finished = state.epoch >= train_config.epochs or state.step >= stop_step
+                if (completed and not train_config.valid_every) or finished:
+                    run_validation(trainer)
+                save_checkpoint_files(trainer)
         if state.last_valid is None:  # e.g. rerun of a finished experiment: report, do not train
             run_validation(trainer)
     finally:
