@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Real-time factor of transcription with greedy and beam search (+ word LM) on one CPU thread.
 
-Each utterance of the manifest goes through the `Transcriber` one at a time, as `asr transcribe`
-runs a file: silence split, features, CMVN, model, decoder, word times. Reading the audio from
-disk is not timed (the waveforms are loaded first); everything after it is. One warm-up
-utterance per decoder is run and not counted.
+The utterances of the manifest go through the `Transcriber` as `asr transcribe` runs files:
+in groups of about `--batch-s` seconds of audio whose chunks share model batches (or one at a
+time with `--one-by-one`): silence split, features, CMVN, model, decoder, word times. Reading the
+audio from disk is not timed (the waveforms are loaded first); everything after it is. One
+warm-up group per decoder is run and not counted.
 
     python scripts/bench_decode.py --model exp/demo --manifest data/manifests/test.jsonl \\
         --lm data/lm/4gram.arpa --max-utts 200
@@ -41,22 +42,38 @@ class _Timed:
             self.seconds += time.perf_counter() - start
 
 
-def bench(inference, decoder, waveforms, refs, label: str) -> dict:
+def groups(durations: list[float], batch_s: float) -> list[list[int]]:
+    """Consecutive utterances in groups of at least `batch_s` seconds (the last may be shorter),
+    as `asr.transcribe.transcribe_files` groups files; batch_s <= 0: one utterance per group."""
+    out: list[list[int]] = [[]]
+    total = 0.0
+    for index, duration in enumerate(durations):
+        out[-1].append(index)
+        total += duration
+        if total >= batch_s and index < len(durations) - 1:
+            out.append([])
+            total = 0.0
+    return out
+
+
+def bench(inference, decoder, waveforms, refs, label: str, batch_s: float) -> dict:
     """Transcribe every waveform with `decoder`; returns the row of the table."""
     from asr.score import wer_cer
-    from asr.transcribe import Transcriber
+    from asr.transcribe import ChunkingConfig, Transcriber
 
     model_time = _Timed(inference.forward)
     search_time = _Timed(decoder.decode)
     decoder.decode = search_time
-    transcriber = Transcriber(inference, decoder)
+    transcriber = Transcriber(inference, decoder, ChunkingConfig(batch_s=max(batch_s, ChunkingConfig.max_chunk_s)))
     transcriber.inference = model_time
-    transcriber.transcribe(waveforms[0])  # warm-up, not counted
+    rate = transcriber.sample_rate
+    plan = groups([len(w) / rate for w in waveforms], batch_s)
+    transcriber.transcribe_waveforms([waveforms[i] for i in plan[0]])  # warm-up, not counted
     model_time.seconds = search_time.seconds = 0.0
     hyps = []
     start = time.perf_counter()
-    for waveform in waveforms:
-        hyps.append(transcriber.transcribe(waveform).text)
+    for group in plan:
+        hyps.extend(t.text for t in transcriber.transcribe_waveforms([waveforms[i] for i in group]))
     wall = time.perf_counter() - start
     audio = sum(len(w) for w in waveforms) / transcriber.sample_rate
     wer, _ = wer_cer(refs, hyps) if any(refs) else (float("nan"), None)
@@ -74,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-weight", type=float, default=0.5)
     parser.add_argument("--word-score", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the targets are for 1)")
+    parser.add_argument("--batch-s", type=float, default=160.0,
+                        help="seconds of audio transcribed together (asr transcribe's grouping; default 160)")
+    parser.add_argument("--one-by-one", action="store_true", help="transcribe one utterance at a time")
     parser.add_argument("--decoders", default="greedy,beam,beam+lm",
                         help="rows to run, from greedy, beam, beam+lm (beam+lm needs --lm)")
     args = parser.parse_args(argv)
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                         lm_weight=args.lm_weight, word_score=args.word_score)
             else:
                 raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
-            rows.append(bench(inference, decoder, waveforms, refs, label))
+            rows.append(bench(inference, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s))
     except AsrError as err:
         print(f"bench_decode: error: {err}", file=sys.stderr)
         return 1
@@ -116,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {resolve_checkpoint(args.model)}: {config.rnn_type} {config.layers}x{config.hidden} "
           f"{'bi' if config.bidirectional else 'uni'}directional, subsample {config.subsample}, "
           f"{count_parameters(inference.model) / 1e6:.2f}M parameters; {len(records)} utterances; "
-          f"torch threads {torch.get_num_threads()}; beam size {args.beam_size}"
+          f"torch threads {torch.get_num_threads()}; "
+          f"{'one at a time' if args.one_by_one else f'groups of {args.batch_s:g} s'}; beam size {args.beam_size}"
           + (f"; LM {args.lm} (weight {args.lm_weight}, word score {args.word_score})" if args.lm else ""))
-    header = f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'model s':>8} {'search s':>9} {'WER %':>7}"
+    header = (f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'model s':>8} "
+              f"{'search s':>9} {'WER %':>7}")
     print(header)
     print("-" * len(header))
     for row in rows:

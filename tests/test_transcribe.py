@@ -318,3 +318,29 @@ def test_long_files_are_read_in_blocks_like_a_whole_read(checkpoint, tmp_path):
     # Identical away from the block joins; within a few samples of them, only resampling edge error.
     assert torch.allclose(blocks[1000:15000], whole[1000:15000], atol=1e-4)
     assert (blocks - whole).abs().max() < 0.05
+
+
+def test_channels_last_weights_leave_the_model_output_unchanged(checkpoint):
+    from asr.checkpoint import InferenceModel
+
+    inference = InferenceModel.from_checkpoint(checkpoint, device="cpu")
+    waves = 0.1 * torch.randn(2, SR)
+    lengths = torch.tensor([SR, SR // 2])
+    before, before_lengths = inference(waves, lengths)
+    Transcriber(inference, GreedyDecoder(TOKENS))  # converts the conv weights to channels_last on CPU
+    assert inference.model.frontend.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+    after, after_lengths = inference(waves, lengths)
+    assert torch.equal(before_lengths, after_lengths)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_files_transcribed_together_match_one_by_one(checkpoint):
+    transcriber = Transcriber.from_checkpoint(checkpoint, device="cpu")
+    waveforms = [torch.from_numpy(tone_bursts(bursts, total, seed=i)) for i, (bursts, total) in enumerate(
+        [([(0.2, 1.0)], 1.4), ([(0.3, 2.5), (3.0, 4.2)], 5.0), ([(0.1, 0.6)], 0.8)])]
+    together = transcriber.transcribe_waveforms(waveforms)
+    for waveform, joint in zip(waveforms, together):
+        alone = transcriber.transcribe_waveform(waveform)
+        assert joint.text == alone.text and joint.duration == alone.duration
+        assert [w.start for w in joint.words] == pytest.approx([w.start for w in alone.words])
+        assert [w.confidence for w in joint.words] == pytest.approx([w.confidence for w in alone.words], abs=1e-4)
