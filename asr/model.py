@@ -153,11 +153,18 @@ class BiRNNCTC(nn.Module):
     V = `head.weight`. Each layer is a single-layer `nn.RNN`/`nn.GRU`/`nn.LSTM`, so that norm and
     dropout can sit between layers; the two directions are concatenated, so layer l > 0 takes
     2 * hidden inputs.
+
+    Two ways to run the recurrent layers, equal up to rounding (a test checks it):
+    packed sequences (cuDNN on CUDA runs them natively), and padded batches where the backward
+    direction reads each utterance reversed within its length (on CPU PyTorch's packed path
+    slices the input per time step, and the backward of those slices costs frames x batch
+    frames: 2-3x slower). `use_packed` picks one: None (default) = packed on CUDA only.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.use_packed: bool | None = None  # None: packed on CUDA, padded elsewhere (same results)
         self.frontend = ConvFrontend(config) if config.frontend == "conv" else None
         rnn_input = config.hidden if self.frontend is not None else config.input_dim
         directions = 2 if config.bidirectional else 1
@@ -201,20 +208,72 @@ class BiRNNCTC(nn.Module):
             frames, out_lengths = self.frontend(features, lengths)  # (B, T, hidden)
         else:
             frames, out_lengths = features, lengths  # (B, F, D)
-        total = frames.size(1)
-        # pack_padded_sequence refuses empty sequences; a zero-length utterance runs on one
-        # (padding) frame and keeps out_lengths 0, so CTC sees it as empty.
-        packed = pack_padded_sequence(frames, out_lengths.clamp(min=1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        for layer, rnn in enumerate(self.rnns):
-            if layer > 0:
-                # Norm and dropout on the packed frames: valid frames only, no padding.
-                data = self.dropout(self.norms[layer - 1](packed.data))
-                packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
-            packed, _ = rnn(packed)  # data: (sum of T, directions * hidden)
-        outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=total)  # (B, T, H')
+        packed = self.use_packed if self.use_packed is not None else frames.is_cuda
+        run = self._run_packed if packed else self._run_padded
+        outputs = run(frames, out_lengths)  # (B, T, directions * hidden)
         log_probs = F.log_softmax(self.head(outputs), dim=-1)  # (B, T, V)
         return log_probs, out_lengths
+
+    def _between(self, layer: int, frames: Tensor) -> Tensor:
+        """Norm and dropout after recurrent layer `layer`, on valid frames (N, H) only."""
+        return self.dropout(self.norms[layer](frames))
+
+    def _run_packed(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        # pack_padded_sequence refuses empty sequences; a zero-length utterance runs on one
+        # (padding) frame and keeps out_lengths 0, so CTC sees it as empty.
+        packed = pack_padded_sequence(frames, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        for layer, rnn in enumerate(self.rnns):
+            if layer > 0:  # packed data holds valid frames only: (sum of T, H)
+                data = self._between(layer - 1, packed.data)
+                packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            packed, _ = rnn(packed)
+        outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=frames.size(1))
+        return outputs  # (B, T, H), zero past each length
+
+    def _run_padded(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        # The forward direction reaches a padding frame only after every valid one; the backward
+        # direction reads each utterance reversed within its length, so padding comes last there
+        # too. What padding frames hold never reaches a valid frame.
+        mask = _valid_mask(lengths, frames.size(1))  # (B, T)
+        reverse = _reverse_index(lengths, frames.size(1))  # (B, T)
+        for layer, rnn in enumerate(self.rnns):
+            if layer > 0:
+                normed = self._between(layer - 1, frames[mask])  # (N valid, H)
+                frames = frames.new_zeros(frames.shape[:2] + normed.shape[1:]).masked_scatter(mask[..., None], normed)
+            outputs = _run_direction(rnn, frames, 0)  # (B, T, hidden)
+            if rnn.bidirectional:
+                backward = _run_direction(rnn, _gather_frames(frames, reverse), 1)
+                outputs = torch.cat([outputs, _gather_frames(backward, reverse)], dim=-1)  # (B, T, 2*hidden)
+            frames = outputs
+        return frames  # (B, T, H); past each length: meaningless
+
+
+def _reverse_index(lengths: Tensor, frames: int) -> Tensor:
+    """(B, T) index that reverses frames [0, length) of each row and leaves the padding in place."""
+    steps = torch.arange(frames, device=lengths.device)[None, :]  # (1, T)
+    return torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+
+
+def _gather_frames(frames: Tensor, index: Tensor) -> Tensor:
+    """frames (B, T, H), index (B, T) -> frames[b, index[b, t]]."""
+    return frames.gather(1, index[..., None].expand_as(frames))
+
+
+def _run_direction(rnn: nn.RNNBase, frames: Tensor, direction: int) -> Tensor:
+    """One direction of a single-layer `rnn` over padded frames (B, T, I) -> (B, T, hidden),
+    with that direction's own weights (the *_reverse ones for direction 1)."""
+    suffix = "_l0_reverse" if direction else "_l0"
+    weights = [getattr(rnn, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    initial = frames.new_zeros(1, frames.size(0), rnn.hidden_size)
+    # The functional forms behind nn.RNN/GRU/LSTM: (input, hx, weights, has_biases, num_layers,
+    # dropout, train, bidirectional, batch_first).
+    args = (weights, True, 1, 0.0, rnn.training, False, True)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(frames, (initial, initial), *args)[0]
+    if isinstance(rnn, nn.GRU):
+        return torch.gru(frames, initial, *args)[0]
+    recurrence = torch.rnn_tanh if rnn.nonlinearity == "tanh" else torch.rnn_relu
+    return recurrence(frames, initial, *args)[0]
 
 
 def _make_rnn(config: ModelConfig, input_size: int) -> nn.RNNBase:
