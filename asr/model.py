@@ -5,15 +5,16 @@ Shapes, with B the batch, F input frames (10 ms each), D the feature dimension, 
 
     features (B, F, D), lengths (B,)
       -> conv front-end (optional)  (B, T, hidden)       2-D convs over (time, freq), DS2 style
-      -> recurrent layers x L       packed, (sum of T, 2*hidden or hidden)
+      -> recurrent layers x L       (B, T, 2*hidden), or hidden if unidirectional
       -> linear + log-softmax       log_probs (B, T, V), out_lengths (B,)
 
 `forward` returns the same pair in training and in evaluation; the CTC loss and the decoders both
 take log-probabilities.
 
 Padding never changes a result: the front-end zeroes padded frames after every layer (and its batch
-norm takes statistics over valid frames only), the recurrent layers run on packed sequences, and
-the norms between them act on the packed frames. In evaluation an utterance gives the same
+norm takes statistics over valid frames only), the recurrent layers run on packed sequences (CUDA)
+or read each utterance within its own length (elsewhere), and the norms and dropout between them
+act on valid frames only. In evaluation an utterance gives the same
 log-probs alone as beside a longer one (tests/test_model.py checks this for every variant).
 """
 
