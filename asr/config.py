@@ -297,12 +297,20 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return apply_overrides(config, overrides)
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Sections in block style, lists of values on one line (`betas: [0.9, 0.98]`)."""
+
+
+_BlockDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
 def dump_config(config, path: str | os.PathLike | None = None, header: str = "") -> str:
     """The config as YAML text (keys in field order); written atomically to `path` if given.
 
     `header` lines are written as `#` comments at the top.
     """
-    text = yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+    text = yaml.dump(to_dict(config), Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     if path is not None:

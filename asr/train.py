@@ -119,6 +119,7 @@ class TrainConfig:
     valid_every: int = 0  # steps between validations; 0 = at each epoch end
     amp: str = "bf16"  # mixed precision on CUDA: "bf16", "fp16" (with a GradScaler) or "none"; ignored on CPU
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"
+    threads: int = 0  # CPU intra-op threads of the training process; 0 = PyTorch's default (OMP_NUM_THREADS)
     debug_rank_files: bool = False  # each rank writes log/debug/rank<R>.batches.txt and rank<R>.final.pt (tests)
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ class TrainConfig:
         _check(self.keep_last >= 0, "train.keep_last", self.keep_last, ">= 0")
         _check(self.valid_every >= 0, "train.valid_every", self.valid_every, ">= 0")
         _check(self.amp in AMP_MODES, "train.amp", self.amp, f"one of {AMP_MODES}")
+        _check(self.threads >= 0, "train.threads", self.threads, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,8 @@ class Runtime:
 def setup_runtime(train_config: TrainConfig) -> Runtime:
     """Pick the device and, under torchrun (WORLD_SIZE > 1), join the process group from the
     environment: backend nccl on CUDA, gloo on CPU."""
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -972,6 +976,7 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
           exp_dir: str | os.PathLike) -> TrainResult:
     """Train (or resume) an experiment in `exp_dir`; see the module docstring for what it writes."""
     exp_dir = Path(exp_dir)
+    threads = torch.get_num_threads()
     runtime = setup_runtime(config.train)
     try:
         if runtime.is_main:
@@ -980,6 +985,7 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
         with training_logs(exp_dir, runtime):
             return _train(config, train_manifest, valid_manifest, exp_dir, runtime)
     finally:
+        torch.set_num_threads(threads)
         if runtime.owns_process_group:
             dist.destroy_process_group()
 
