@@ -7,6 +7,7 @@ that calls into the package. A user error (`AsrError`) becomes one line on stder
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from asr.errors import AsrError
@@ -98,12 +99,34 @@ def _run_synth(args) -> int:
 
 # --- train / stats / average -----------------------------------------------------------------
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a BiRNN-CTC model")
+    p = sub.add_parser(
+        "train", help="train a BiRNN-CTC model",
+        description="Train (or resume, when EXP/checkpoints/last.pt exists) a BiRNN-CTC model. "
+                    "Multi-GPU/multi-node: torchrun --nproc_per_node N -m asr.cli train ...")
+    p.add_argument("--config", help="experiment config YAML (conf/*.yaml); default: built-in defaults")
+    p.add_argument("--train", required=True, help="training manifest (JSONL)")
+    p.add_argument("--valid", required=True, help="validation manifest (JSONL)")
+    p.add_argument("--exp", required=True, help="experiment folder (checkpoints, logs, tokens, CMVN)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.hidden=512")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
-    raise AsrError("asr train: not implemented yet")
+    from asr.config import dump_config
+    from asr.train import load_experiment_config, train
+
+    config = load_experiment_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    result = train(config, args.train, args.valid, args.exp)
+    valid = result.valid or {}
+    print(f"{result.exp_dir}: step {result.step}, epoch {result.epoch}, "
+          + (f"valid loss {valid['loss']:.3f} CER {100 * valid['cer']:.2f}% WER {100 * valid['wer']:.2f}%, "
+             if valid else "")
+          + f"best WER {100 * result.best['wer']:.2f}% (step {result.best['step']}), {result.seconds:.0f} s")
+    return 0
 
 
 # --- decode / lm / score ---------------------------------------------------------------------
@@ -186,6 +209,27 @@ def _run_score(args) -> int:
               f"95% CI [{low:.2f}, {high:.2f}]  %CER {system['cer']:.2f}  %SER {system['ser']:.2f}")
     for comparison in out["comparisons"]:
         print(f"P({comparison['b']} better than {comparison['a']}) = {comparison['p_b_better']:.3f}")
+    return 0
+
+
+def _add_results(sub) -> None:
+    p = sub.add_parser(
+        "results", help="collect decode results into a Markdown table (RESULTS.md)",
+        description="One row per set and decoder from EXP/decode/<set>/<decoder>/results.json: WER with "
+                    "its 95%% bootstrap interval, CER, SER, LM weights, checkpoint and config.")
+    p.add_argument("--exp", action="append", required=True, help="experiment folder (repeatable)")
+    p.add_argument("--out", required=True, help="Markdown file to write, e.g. RESULTS.md")
+    p.add_argument("--title", default="Results", help="heading of the file")
+    p.set_defaults(func=_run_results)
+
+
+def _run_results(args) -> int:
+    from asr.fileio import atomic_write_text
+    from asr.score import collect_results
+
+    table = collect_results(args.exp, title=args.title)
+    atomic_write_text(args.out, table)
+    print(table, end="")
     return 0
 
 
@@ -294,7 +338,7 @@ def _run_average(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_transcribe, _add_lm):
+    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average):
         add(sub)
     return parser
 
@@ -309,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

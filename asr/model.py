@@ -37,7 +37,7 @@ SUBSAMPLES = (1, 2, 4)
 
 # DS2's two conv layers, (time, freq) kernels; odd sizes with half-kernel padding keep the
 # output frame t centred on input frame t * stride. Frequency is halved by each layer.
-CONV_KERNELS = ((11, 41), (11, 21))
+DS2_CONV_KERNELS = ((11, 41), (11, 21))
 CONV_FREQ_STRIDE = 2
 # DS2's clipped ReLU: min(max(x, 0), 20). It maps 0 to 0, so zeroed padding stays zero.
 HARDTANH_MAX = 20.0
@@ -52,6 +52,7 @@ class ModelConfig:
     frontend: str = "conv"  # "conv": 2-D conv stack (time subsampling); "none": features go straight to the RNN
     subsample: int = 4  # time subsampling of the conv front-end: 1, 2 or 4 (must be 1 with frontend "none")
     conv_channels: int = 32  # channels of each conv layer
+    conv_kernels: tuple[tuple[int, int], ...] = DS2_CONV_KERNELS  # (time, freq) kernel of each of the two conv layers, odd sizes
     rnn_type: str = "gru"  # "rnn" (plain Elman recurrence), "gru" or "lstm"
     nonlinearity: str = "tanh"  # f of the plain recurrence, "tanh" or "relu" (rnn_type "rnn" only)
     hidden: int = 256  # units per direction in each recurrent layer; also the conv projection size
@@ -72,6 +73,10 @@ class ModelConfig:
         check("subsample", self.frontend == "conv" or self.subsample == 1,
               "1 when frontend is 'none' (only the conv front-end subsamples)")
         check("conv_channels", self.conv_channels >= 1, "a positive integer")
+        check("conv_kernels", len(self.conv_kernels) == 2
+              and all(len(k) == 2 and all(isinstance(n, int) and n >= 1 and n % 2 == 1 for n in k)
+                      for k in self.conv_kernels),
+              "two [time, freq] pairs of odd positive sizes")
         check("rnn_type", self.rnn_type in RNN_TYPES, f"one of {RNN_TYPES}")
         check("nonlinearity", self.nonlinearity in NONLINEARITIES, f"one of {NONLINEARITIES}")
         check("hidden", self.hidden >= 1, "a positive integer")
@@ -100,7 +105,7 @@ class ConvFrontend(nn.Module):
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         in_channels, freq = 1, config.input_dim
-        for (k_time, k_freq), s_time in zip(CONV_KERNELS, time_strides):
+        for (k_time, k_freq), s_time in zip(config.conv_kernels, time_strides):
             self.convs.append(nn.Conv2d(in_channels, channels, (k_time, k_freq), stride=(s_time, CONV_FREQ_STRIDE),
                                         padding=(k_time // 2, k_freq // 2), bias=False))  # bias: BN's shift
             # BatchNorm1d over (frames, channels, freq): statistics per channel over frames and freq.

@@ -8,6 +8,7 @@ words included (jiwer's convention).
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -454,3 +455,39 @@ def score_files(
     if report_path is not None:
         atomic_write_text(report_path, out["report"])
     return out
+
+
+def collect_results(exp_dirs: Sequence[str | os.PathLike], title: str = "Results") -> str:
+    """A Markdown table of every `decode/<set>/<decoder>/results.json` under the experiment folders.
+
+    One row per (experiment, set, decoder): WER with its 95% bootstrap interval, CER, SER,
+    utterances, the decoder's LM weight and word score where it has them, and the checkpoint that
+    produced it. The config is named by the experiment's `config.yaml`.
+    """
+    rows = []
+    for exp in exp_dirs:
+        exp = Path(exp)
+        files = sorted(exp.glob("decode/*/*/results.json"))
+        for path in files:
+            try:
+                res = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise DataError(f"{path}: cannot read results ({err})") from err
+            settings = res.get("decoder_settings", {})
+            lm = settings.get("lm")
+            weights = ""
+            if lm:
+                weights = f"{settings.get('lm_weight', '')} / {settings.get('word_score', '')}"
+            low, high = res.get("wer_ci95", [float("nan"), float("nan")])
+            rows.append((exp.name, res.get("set", path.parent.parent.name), path.parent.name,
+                         f"{res['wer']:.2f}", f"[{low:.2f}, {high:.2f}]", f"{res['cer']:.2f}",
+                         f"{res.get('ser', float('nan')):.1f}", str(res.get("utterances", "")), weights,
+                         f"`{Path(res.get('checkpoint', '')).name}`", f"`{exp / 'config.yaml'}`"))
+    if not rows:
+        raise DataError("no decode/<set>/<decoder>/results.json under " + ", ".join(map(str, exp_dirs)))
+    header = ("| exp | set | decoder | WER % | WER 95% CI | CER % | SER % | utts | LM weight / word score "
+              "| checkpoint | config |")
+    lines = [f"# {title}", "", header, "|" + "---|" * 11]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "WER 95% CI: bootstrap over utterances (1000 resamples). Written by `asr results`."]
+    return "\n".join(lines) + "\n"

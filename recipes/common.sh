@@ -7,7 +7,8 @@
 # Every `--some-option VALUE` sets $some_option (which must already be declared), and
 # `--flag` alone sets a declared boolean to true.
 
-log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$(dirname "$0")")] $*"; }
+recipe_name=$(basename "$(cd "$(dirname "$0")" && pwd)")
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$recipe_name] $*"; }
 
 die() { echo "error: $*" >&2; exit 1; }
 
