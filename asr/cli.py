@@ -37,12 +37,20 @@ def _add_prepare(sub) -> None:
     folder.add_argument("corpus_root", metavar="CORPUS_ROOT", help="the subset folder (holds <speaker>/ folders)")
     folder.add_argument("--out", required=True, help="manifest to write (.jsonl)")
     folder.add_argument("--num-workers", type=int, default=None, help="processes reading headers (default: CPUs, max 8)")
+    combine = kinds.add_parser(
+        "combine", help="several manifests -> one (e.g. train-clean-100 + train-clean-360)",
+        description="Concatenate manifests into one, audio paths made relative to the new manifest; "
+        "an utterance id found in two inputs is an error.")
+    combine.add_argument("inputs", nargs="+", metavar="MANIFEST", help="manifests to combine, in order")
+    combine.add_argument("--out", required=True, help="manifest to write (.jsonl)")
 
 
 def _run_prepare(args) -> int:
     from asr.data import librispeech
 
-    if args.corpus == "librispeech":
+    if args.corpus == "combine":
+        summaries = [librispeech.combine_manifests(args.inputs, args.out)]
+    elif args.corpus == "librispeech":
         subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
         summaries = librispeech.prepare_librispeech(
             args.data_dir, subsets, download=args.download, mirror=args.mirror,
@@ -334,11 +342,60 @@ def _run_average(args) -> int:
     return 0
 
 
+# --- download (helper I) ---------------------------------------------------------------------
+def _add_download(sub) -> None:
+    p = sub.add_parser("download", help="download LibriSpeech subsets or its official LMs, without preparing")
+    what = p.add_subparsers(dest="resource", required=True, metavar="RESOURCE")
+    mirror = ("base URL replacing https://www.openslr.org/resources, same <base>/<resource>/<file> layout "
+              "(env ASR_LIBRISPEECH_MIRROR)")
+    md5 = "NAME=MD5[,NAME=MD5...]: expected MD5 of a file on the mirror, replacing openslr's (repacked mirrors)"
+    corpus = what.add_parser(
+        "librispeech", help="subsets (openslr 12, 31): download, check, extract",
+        description="Download LibriSpeech subsets (resumable, MD5-checked) to DATA_DIR/downloads and extract "
+        "them to DATA_DIR/LibriSpeech/<subset>; finished steps are skipped. No manifests: see asr prepare.")
+    corpus.add_argument("--data-dir", required=True, help="folder for downloads and audio")
+    corpus.add_argument("--subsets", required=True, help="comma-separated, e.g. train-clean-5,dev-clean-2")
+    corpus.add_argument("--mirror", default=None, help=mirror)
+    corpus.add_argument("--md5", action="append", default=[], help=md5)
+    corpus.set_defaults(func=_run_download)
+    lm = what.add_parser(
+        "librispeech-lm", help="official n-gram LMs and lexicon (openslr 11)",
+        description="Download files of openslr resource 11 to DATA_DIR/lm/<file> (resumable, MD5-checked). "
+        "Files: " + ", ".join(_LM_FILE_NAMES) + ".")
+    lm.add_argument("--data-dir", required=True, help="files go to DATA_DIR/lm/")
+    lm.add_argument("--files", default=None,
+                    help="comma-separated file names (default 3-gram.pruned.1e-7.arpa.gz,librispeech-lexicon.txt)")
+    lm.add_argument("--mirror", default=None, help=mirror)
+    lm.add_argument("--md5", action="append", default=[], help=md5)
+    lm.set_defaults(func=_run_download)
+
+
+# The names of asr.data.librispeech.LM_FILES, repeated to keep `asr --help` free of heavy imports.
+_LM_FILE_NAMES = ("3-gram.pruned.1e-7.arpa.gz", "3-gram.pruned.3e-7.arpa.gz", "3-gram.arpa.gz", "4-gram.arpa.gz",
+                  "librispeech-lexicon.txt", "librispeech-vocab.txt", "librispeech-lm-norm.txt.gz")
+
+
+def _run_download(args) -> int:
+    from asr.data import librispeech
+
+    md5 = librispeech.parse_md5_overrides(args.md5)
+    if args.resource == "librispeech":
+        subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
+        for subset, folder in zip(subsets, librispeech.download_librispeech(args.data_dir, subsets, args.mirror, md5)):
+            print(f"{subset}: {folder}")
+    else:
+        names = ([s.strip() for s in args.files.split(",") if s.strip()] if args.files
+                 else list(librispeech.DEFAULT_LM_FILES))
+        for path in librispeech.download_lm_files(args.data_dir, names, args.mirror, md5):
+            print(path)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average):
+    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
         add(sub)
     return parser
 

@@ -5,8 +5,8 @@ Layout (LibriSpeech, Mini LibriSpeech, and the synthetic corpus all follow it)::
     <subset>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac
     <subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt      # "<utt-id> <TEXT>" per line
 
-Downloads come from openslr (resource 12: the full corpus, resource 31: Mini LibriSpeech) or a
-mirror with the same `<base>/<resource>/<subset>.tar.gz` layout (argument or the
+Downloads come from openslr (resource 12: the full corpus, resource 31: Mini LibriSpeech, resource
+11: the official n-gram LMs and lexicon) or a mirror with the same `<base>/<resource>/<file>` layout (argument or the
 `ASR_LIBRISPEECH_MIRROR` environment variable). A download resumes a partial `<file>.part` with an
 HTTP Range request and is checked against openslr's published MD5; a file that fails the check is
 moved aside to `<file>.bad-md5`, never silently deleted. Extraction refuses any member that would
@@ -36,7 +36,6 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from asr.audio import audio_info
 from asr.data.manifest import write_manifest
 from asr.errors import AudioError, DataError
 from asr.fileio import atomic_write_text
@@ -333,6 +332,8 @@ def find_chapters(subset_dir: Path) -> list[Path]:
 
 def _prepare_chapter(chapter_dir: Path, extensions: frozenset[str]) -> tuple[list[dict], list[Problem]]:
     """Records (absolute audio paths) and problems of one `<speaker>/<chapter>` folder."""
+    from asr.audio import audio_info  # here, not at the top: `asr download` needs no torch
+
     speaker = chapter_dir.parent.name
     problems: list[Problem] = []
     audio: dict[str, Path] = {}
@@ -483,13 +484,16 @@ def find_subset_dir(data_dir: str | os.PathLike, subset: str) -> Path | None:
     return None
 
 
-def download_subset(subset: str, data_dir: str | os.PathLike, mirror: str | None = None) -> Path:
+def download_subset(
+    subset: str, data_dir: str | os.PathLike, mirror: str | None = None, md5: str | None = None
+) -> Path:
     """Download `<subset>.tar.gz` into `<data_dir>/downloads/` (resume, MD5) and extract it into
     `data_dir` (giving `<data_dir>/LibriSpeech/<subset>`). Finished steps are skipped. Returns the
-    subset folder."""
+    subset folder. `md5` replaces openslr's sum, for a mirror that serves repacked archives."""
     info = subset_info(subset)
     data_dir = Path(data_dir)
-    archive = download_file(subset_url(subset, mirror), data_dir / "downloads" / f"{subset}.tar.gz", md5=info.md5)
+    archive = download_file(subset_url(subset, mirror), data_dir / "downloads" / f"{subset}.tar.gz",
+                            md5=md5 or info.md5)
     marker = data_dir / f".{archive.name}.done"
     if marker.exists() and find_subset_dir(data_dir, subset) is None:
         marker.unlink()  # extracted once, deleted since: extract again
@@ -529,3 +533,138 @@ def prepare_librispeech(
         subset_dir = download_subset(subset, data_dir, mirror) if download else find_subset_dir(data_dir, subset)
         summaries.append(prepare_corpus(subset_dir, manifest_dir / f"{subset}.jsonl", num_workers))
     return summaries
+
+
+def combine_manifests(inputs: Sequence[str | os.PathLike], out: str | os.PathLike) -> PrepareSummary:
+    """Write one manifest holding the records of several, in input order (e.g. the training subsets
+    of LibriSpeech 460/960 h, since `asr train` takes one --train manifest).
+
+    Audio paths are rewritten relative to `out`'s folder. Raises `DataError` when an input is
+    missing or invalid, or when an utterance id occurs in two inputs; nothing is written then.
+    """
+    from asr.data.manifest import read_manifest
+
+    if not inputs:
+        raise DataError("no manifest to combine")
+    out = Path(out)
+    out_dir = os.path.realpath(out.parent if str(out.parent) else ".")
+    records: list[dict] = []
+    source: dict[str, Path] = {}
+    for path in map(Path, inputs):
+        for record in read_manifest(path):
+            if record["id"] in source:
+                raise DataError(f"{path}: id {record['id']!r} is also in {source[record['id']]}")
+            source[record["id"]] = path
+            record["audio"] = os.path.relpath(os.path.realpath(record["audio"]), out_dir)
+            records.append(record)
+    write_manifest(out, records)
+    return PrepareSummary(
+        name=out.stem, manifest=out, utterances=len(records),
+        hours=sum(r["duration"] for r in records) / 3600.0, speakers=len({r["speaker"] for r in records}),
+        missing_audio=0, missing_transcript=0, other_problems=0, problems_file=None)
+
+
+# --- download only (no manifests); the openslr 11 language-model resources ---------------------
+def parse_md5_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`NAME=MD5` items, each possibly several comma-separated, as `{name: md5}`.
+
+    For a mirror serving repacked archives (and for tests): the sums replace openslr's for the
+    named files only. Raises `DataError` on an item without `=` or a sum that is not 32 hex digits.
+    """
+    sums: dict[str, str] = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            name, sep, digest = part.partition("=")
+            digest = digest.strip().lower()
+            if not sep or not name.strip():
+                raise DataError(f"--md5 expects NAME=MD5, got {part!r}")
+            if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+                raise DataError(f"--md5 {part!r}: an MD5 sum is 32 hex digits")
+            sums[name.strip()] = digest
+    return sums
+
+
+def download_librispeech(
+    data_dir: str | os.PathLike,
+    subsets: Sequence[str],
+    mirror: str | None = None,
+    md5_overrides: dict[str, str] | None = None,
+) -> list[Path]:
+    """Download (resumable, MD5-checked) and extract LibriSpeech subsets; write no manifest.
+
+    Same folders as `prepare_librispeech`: archives in `<data_dir>/downloads/`, audio in
+    `<data_dir>/LibriSpeech/<subset>/`; finished downloads and extractions are skipped.
+    `md5_overrides` maps a subset name to the MD5 of its archive on `mirror` (other names are
+    ignored). Unknown subset names fail before any transfer. Returns the subset folders.
+    """
+    overrides = dict(md5_overrides or {})
+    for subset in subsets:
+        subset_info(subset)
+    return [download_subset(subset, data_dir, mirror, overrides.get(subset)) for subset in subsets]
+
+
+LM_RESOURCE = 11  # openslr resource of the LibriSpeech language models, lexicon and LM text
+
+
+@dataclass(frozen=True)
+class LmFileInfo:
+    """One downloadable file of openslr resource 11."""
+
+    name: str  # file name under <base>/11/, also the name it is saved under
+    md5: str  # MD5 of the file (see the provenance note on LM_FILES)
+    what: str  # one line for a person
+
+
+# MD5 sums of openslr resource 11. Provenance: not checked against openslr's own md5sum listing
+# (no network when this was written); taken from the FILE2MD5 table of sdrobert/pytorch-database-prep
+# (librispeech.py), a LibriSpeech preparation tool that checks its downloads against them; its sums
+# for the seven resource-12 tarballs are identical to those in SUBSETS, copied from openslr's
+# md5sum.txt. A mismatch moves the file aside to `<name>.bad-md5` and names both sums; a mirror or
+# a newer upload can be accepted with an explicit override (`--md5 NAME=SUM`).
+LM_FILES: dict[str, LmFileInfo] = {
+    info.name: info
+    for info in (
+        LmFileInfo("3-gram.pruned.1e-7.arpa.gz", "9a0f1325bcaf3a0f7b7be4be10823c2a", "3-gram, pruned 1e-7 (small)"),
+        LmFileInfo("3-gram.pruned.3e-7.arpa.gz", "8f67ec741827742eee05799ab7605b50", "3-gram, pruned 3e-7 (smaller)"),
+        LmFileInfo("3-gram.arpa.gz", "74cbb837e582378c26c602e1c8cbcb9c", "3-gram, unpruned"),
+        LmFileInfo("4-gram.arpa.gz", "6abdcd5b055bd482e4f9defe91d40408", "4-gram, unpruned (large)"),
+        LmFileInfo("librispeech-lexicon.txt", "28f72663f6bfed7cd346283c064c315b", "pronunciation lexicon, 200k words"),
+        LmFileInfo("librispeech-vocab.txt", "bf3cc7a50112831ed8b0afa40cae96a5", "the LMs' 200k-word vocabulary"),
+        LmFileInfo("librispeech-lm-norm.txt.gz", "c83c64c726a1aedfe65f80aa311de402", "normalised LM training text"),
+    )
+}
+DEFAULT_LM_FILES = ("3-gram.pruned.1e-7.arpa.gz", "librispeech-lexicon.txt")
+
+
+def lm_file_info(name: str) -> LmFileInfo:
+    """The `LmFileInfo` of a resource-11 file name; DataError listing the known names otherwise."""
+    try:
+        return LM_FILES[name]
+    except KeyError:
+        raise DataError(f"unknown LibriSpeech LM file {name!r}; known: {', '.join(LM_FILES)}") from None
+
+
+def lm_file_url(name: str, mirror: str | None = None) -> str:
+    """URL of a resource-11 file: `<base>/11/<name>`, the base chosen as in `subset_url`."""
+    info = lm_file_info(name)
+    base = (mirror or os.environ.get(MIRROR_ENV) or OPENSLR_BASE_URL).rstrip("/")
+    return f"{base}/{LM_RESOURCE}/{info.name}"
+
+
+def download_lm_files(
+    data_dir: str | os.PathLike,
+    files: Sequence[str] = DEFAULT_LM_FILES,
+    mirror: str | None = None,
+    md5_overrides: dict[str, str] | None = None,
+) -> list[Path]:
+    """Download openslr 11 files (ARPA LMs, lexicon, ...) into `<data_dir>/lm/`, as they are.
+
+    Resumable and MD5-checked like the corpus (`download_file`); `.arpa.gz` LMs stay compressed
+    (`asr decode --lm` reads them). `md5_overrides` maps a file name to its MD5 on `mirror` (other
+    names are ignored). Unknown names fail before any transfer. Returns the paths.
+    """
+    overrides = dict(md5_overrides or {})
+    infos = [lm_file_info(name) for name in files]
+    lm_dir = Path(data_dir) / "lm"
+    return [download_file(lm_file_url(info.name, mirror), lm_dir / info.name, md5=overrides.get(info.name, info.md5))
+            for info in infos]
