@@ -30,9 +30,16 @@ config=conf/demo.yaml; exp_name=demo; lm_order=4; avg=3; nj=2; train_args=""; wo
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 . "$recipe_dir/../common.sh" "$@"
 root=$(cd "$recipe_dir/../.." && pwd)
-config=$(cd "$root" && realpath "$config")
+# --config FILE: relative to the current folder, else to the repository root (the default).
+[ -f "$config" ] || config="$root/$config"
+config=$(realpath "$config")
 work_dir=${work_dir:-$recipe_dir}
-mkdir -p "$work_dir" && cd "$work_dir"
+if [ "$dry_run" = true ] && [ ! -d "$work_dir" ]; then
+  # --dry-run writes nothing, not even the work dir; from / no stage looks done.
+  log "dry run: $work_dir does not exist yet"; cd /
+else
+  mkdir -p "$work_dir" && cd "$work_dir"
+fi
 
 corpus=data/corpus
 manifests=data/manifests
@@ -88,7 +95,12 @@ if stage 7 "collect results into RESULTS.md"; then
 fi
 
 if stage 8 "transcribe one test file with word times"; then
-  wav=$(find $corpus/test -name '*.flac' | sort | head -n 1)
+  # sed, not head: head would close the pipe early and, under pipefail, fail the recipe.
+  wav=$(find $corpus/test -name '*.flac' 2>/dev/null | sort | sed -n 1p) || true
+  if [ -z "$wav" ]; then
+    [ "$dry_run" = true ] || die "no .flac file under $corpus/test (run stage 0)"
+    wav="$corpus/test/FIRST.flac"
+  fi
   run asr transcribe --model $exp --output-format json "$wav"
 fi
 
