@@ -258,6 +258,7 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--lm", help="beam: word n-gram LM (ARPA, .arpa.gz or KenLM binary)")
     p.add_argument("--lm-weight", type=float, help="beam: weight of the LM log-probability")
     p.add_argument("--word-score", type=float, help="beam: score added per word")
+    p.add_argument("--tuned-from", help="beam: LM weight and word score from `asr decode --tune` (tuned.json)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--max-chunk", type=float, default=20.0, help="longest chunk fed to the model, seconds (default 20)")
     p.add_argument("--top-db", type=float, default=40.0, help="silence threshold below the loudest frame, dB (default 40)")
@@ -269,8 +270,15 @@ def _run_transcribe(args) -> int:
 
     inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
     options = dict(beam_size=args.beam_size, lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score)
-    if args.decoder == "greedy" and any(v is not None for v in options.values()):
-        raise AsrError("--beam-size, --lm, --lm-weight and --word-score need --decoder beam")
+    if args.decoder == "greedy" and (args.tuned_from or any(v is not None for v in options.values())):
+        raise AsrError("--beam-size, --lm, --lm-weight, --word-score and --tuned-from need --decoder beam")
+    if args.tuned_from:
+        from asr.decode import load_tuned
+
+        if args.lm_weight is not None or args.word_score is not None:
+            raise AsrError("give either --tuned-from or --lm-weight/--word-score, not both")
+        tuned = load_tuned(args.tuned_from)
+        options.update(lm_weight=tuned["lm_weight"], word_score=tuned["word_score"])
     chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
                               batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
     transcriber = Transcriber.from_checkpoint(args.model, device=args.device, decoder=args.decoder,

@@ -45,6 +45,7 @@ corpus=data/corpus
 manifests=data/manifests
 exp=exp/$exp_name
 lm=data/lm/${lm_order}gram.arpa
+tuned=$exp/decode/dev/beam-${lm_order}gram/tuned.json  # written by the dev decode with --tune
 
 if stage 0 "synthesise the corpus (espeak-ng)"; then
   run asr synth --out $corpus --train-utts "$train_utts" --dev-utts "$dev_utts" \
@@ -87,21 +88,21 @@ if stage 6 "decode dev and test: greedy, beam, beam + LM"; then
   done
   run asr decode --exp $exp --manifest $manifests/dev.jsonl --set dev --decoder beam --lm $lm --tune
   run asr decode --exp $exp --manifest $manifests/test.jsonl --set test --decoder beam --lm $lm \
-    --tuned-from $exp/decode/dev/beam-$(basename $lm .arpa)/tuned.json
+    --tuned-from $tuned
 fi
 
 if stage 7 "collect results into RESULTS.md"; then
   run asr results --exp $exp --out RESULTS.md
 fi
 
-if stage 8 "transcribe one test file with word times"; then
+if stage 8 "transcribe one test file with word times (beam + LM, weights tuned on dev)"; then
   # sed, not head: head would close the pipe early and, under pipefail, fail the recipe.
   wav=$(find $corpus/test -name '*.flac' 2>/dev/null | sort | sed -n 1p) || true
   if [ -z "$wav" ]; then
     [ "$dry_run" = true ] || die "no .flac file under $corpus/test (run stage 0)"
     wav="$corpus/test/FIRST.flac"
   fi
-  run asr transcribe --model $exp --output-format json "$wav"
+  run asr transcribe --model $exp --output-format json --decoder beam --lm $lm --tuned-from $tuned "$wav"
 fi
 
 log "done"
