@@ -33,6 +33,8 @@ import os
 import random
 import sys
 import time
+import contextlib
+import fcntl
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -972,6 +974,33 @@ class TrainResult:
     seconds: float
 
 
+@contextmanager
+def experiment_lock(exp_dir: Path):
+    """Hold `exp_dir/.train.lock` while training, so two runs can never write one experiment.
+
+    The lock is an advisory `flock`: the kernel releases it when the process ends, however it
+    ends, so a crashed run never leaves a stale lock behind.
+    """
+    path = exp_dir / ".train.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DataError(f"{exp_dir}: another `asr train` ({holder}) is training this experiment; "
+                        "wait for it or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
 def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_manifest: str | os.PathLike,
           exp_dir: str | os.PathLike) -> TrainResult:
     """Train (or resume) an experiment in `exp_dir`; see the module docstring for what it writes."""
@@ -979,11 +1008,13 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
     threads = torch.get_num_threads()
     runtime = setup_runtime(config.train)
     try:
-        if runtime.is_main:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-        runtime.barrier()
-        with training_logs(exp_dir, runtime):
-            return _train(config, train_manifest, valid_manifest, exp_dir, runtime)
+        with contextlib.ExitStack() as stack:
+            if runtime.is_main:
+                exp_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(experiment_lock(exp_dir))
+            runtime.barrier()
+            with training_logs(exp_dir, runtime):
+                return _train(config, train_manifest, valid_manifest, exp_dir, runtime)
     finally:
         torch.set_num_threads(threads)
         if runtime.owns_process_group:

@@ -361,3 +361,15 @@ def test_it_learns_a_toy_task(tmp_path):
              if json.loads(line)["kind"] == "valid"]
     assert valid[0]["cer"] >= 0.5
     assert valid[-1]["cer"] < 0.25 and valid[-1]["loss"] < valid[0]["loss"] / 4
+
+
+def test_a_second_run_on_the_same_experiment_is_refused(tmp_path):
+    from asr.errors import DataError
+    from asr.train import experiment_lock
+
+    with experiment_lock(tmp_path):
+        with pytest.raises(DataError, match=r"another `asr train` \(pid \d+\) is training this experiment"):
+            with experiment_lock(tmp_path):
+                pass
+    with experiment_lock(tmp_path):  # released when the first run ends
+        pass
