@@ -467,7 +467,9 @@ def collect_results(exp_dirs: Sequence[str | os.PathLike], title: str = "Results
     rows = []
     for exp in exp_dirs:
         exp = Path(exp)
-        files = sorted(exp.glob("decode/*/*/results.json"))
+        # Per set: greedy, then beam, then beam + LM, as the table reads best.
+        files = sorted(exp.glob("decode/*/*/results.json"),
+                       key=lambda p: (p.parent.parent.name, {"greedy": 0, "beam": 1}.get(p.parent.name, 2), p.parent.name))
         for path in files:
             try:
                 res = json.loads(path.read_text(encoding="utf-8"))

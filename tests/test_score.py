@@ -148,3 +148,25 @@ def test_report_and_cli_compare_two_systems(tmp_path, capsys):
     assert text.startswith("%WER 0.00 [ 0 / 1, 0 ins, 0 del, 0 sub ]")
     assert cli_main(["score", "--ref", str(tmp_path / "nope.txt"), "--hyp", str(better)]) == 1
     assert "nope.txt: file not found" in capsys.readouterr().err
+
+
+def test_collect_results_writes_one_row_per_set_and_decoder_in_reading_order(tmp_path):
+    import json
+
+    from asr.score import collect_results
+
+    exp = tmp_path / "exp1"
+    for set_name, label, wer in [("test", "beam-4gram", 9.5), ("test", "greedy", 12.25), ("dev", "beam", 11.0)]:
+        out = exp / "decode" / set_name / label
+        out.mkdir(parents=True)
+        settings = {"lm": "4gram.arpa", "lm_weight": 0.75, "word_score": 1.0} if "4gram" in label else {}
+        (out / "results.json").write_text(json.dumps({
+            "set": set_name, "wer": wer, "cer": wer / 3, "ser": 50.0, "wer_ci95": [wer - 1, wer + 1],
+            "utterances": 7, "checkpoint": "/x/avg-3.pt", "decoder_settings": settings}))
+    table = collect_results([exp]).splitlines()
+    rows = [line for line in table if line.startswith("| exp1")]
+    assert [r.split(" | ")[1:3] for r in rows] == [["dev", "beam"], ["test", "greedy"], ["test", "beam-4gram"]]
+    assert "| 12.25 | [11.25, 13.25] |" in rows[1]
+    assert "0.75 / 1.0" in rows[2] and "`avg-3.pt`" in rows[2]
+    with pytest.raises(DataError, match="no decode"):
+        collect_results([tmp_path / "empty"])
