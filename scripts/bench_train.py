@@ -7,14 +7,29 @@
 (b) baseline: the plain loop of the same size: random batches of a fixed number of utterances,
     features computed per utterance with `torchaudio.compliance.kaldi` inside the Dataset (in the
     loader workers), no front-end (the RNN sees every 10 ms frame), same rnn_type, hidden, layers.
+    The same global CMVN and SpecAugment modules are applied to its features on the device.
 
-Both use the same utterances, AdamW step, CTC loss, precision (train.amp on CUDA), loader workers
-and device. The baseline's batch size defaults to the largest fixed size that keeps the same bound
-on padded seconds for the longest utterance: floor(max_duration / longest) (what a plain loop must
-choose to never run out of memory). The first --warmup steps of each are not timed.
+Both use the same utterances, seed, AdamW step with the configured LR schedule (warm-up, then
+decay over the run's steps, as `asr train` does), CTC loss, precision (train.amp on CUDA), loader
+workers and device. The baseline's batch size defaults to the largest fixed size that keeps the
+same bound on padded seconds for the longest utterance: floor(max_duration / longest) (what a
+plain loop must choose to never run out of memory).
 
-    .venv/bin/python scripts/bench_train.py --manifest data/manifests/train-clean-100.jsonl \
-        --config conf/small.yaml --seconds 60 --device cuda
+Two modes:
+
+- throughput (default): --steps / --seconds timed optimizer steps per pipeline after --warmup
+  untimed ones; identity CMVN (same cost as real statistics).
+
+      .venv/bin/python scripts/bench_train.py --manifest data/manifests/train-clean-100.jsonl \
+          --config conf/small.yaml --seconds 60 --device cuda
+
+- training (--epochs N --valid M.jsonl): each pipeline trains N full epochs (global CMVN
+  statistics of the training manifest, computed once, untimed), then is evaluated on M with
+  greedy decoding (`GreedyDecoder`, `score.wer_cer`), the baseline on its own per-utterance
+  features. Wall time covers the epochs only (loader start-up included, evaluation not).
+
+      nice -n 19 .venv/bin/python scripts/bench_train.py --manifest train.jsonl --valid dev.jsonl \
+          --config conf/demo.yaml --epochs 6 --threads 1
 
 Figures on a shared CPU are approximate (other processes compete for the cores).
 """
@@ -28,6 +43,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 import torchaudio
@@ -40,11 +56,14 @@ from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import autocast_context, featurize  # noqa: E402
 from asr.data.dataset import make_loader  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
+from asr.decode import GreedyDecoder  # noqa: E402
 from asr.errors import AsrError  # noqa: E402
-from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, SpecAugment  # noqa: E402
+from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, SpecAugment, compute_cmvn  # noqa: E402
 from asr.model import BiRNNCTC, count_parameters  # noqa: E402
+from asr.score import wer_cer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
-from asr.train import build_optimizer, load_experiment_config, select_utterances  # noqa: E402
+from asr.train import (build_optimizer, learning_rate, load_experiment_config, seed_everything,  # noqa: E402
+                       select_utterances)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,18 +76,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per pipeline (default 20)")
     p.add_argument("--seconds", type=float, default=None, help="stop a pipeline after this many timed seconds")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training mode: train each pipeline this many epochs, then evaluate on --valid")
+    p.add_argument("--valid", default=None, help="JSONL manifest to evaluate on (training mode)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: train.device of the config)")
     p.add_argument("--num-workers", type=int, default=None, help="loader workers for both (default: data.num_workers)")
     p.add_argument("--baseline-batch-size", type=int, default=None,
                    help="utterances per baseline batch (default: floor(max_duration / longest utterance))")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--only", choices=["ours", "baseline"], default=None, help="run one pipeline only")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.epochs is None) != (args.valid is None):
+        p.error("--epochs and --valid go together")
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    return args
 
 
 # --- the baseline: per-utterance Kaldi features in the Dataset ---------------------------------
 class PerUtteranceFeatures(torch.utils.data.Dataset):
-    """dataset[i] -> (features (frames, dim), tokens (n,), seconds), features by torchaudio.compliance.kaldi."""
+    """dataset[i] -> (features (frames, dim), tokens (n,), seconds, text), features by torchaudio.compliance.kaldi."""
 
     def __init__(self, records: list[dict], tokenizer: Tokenizer, config: FeatureConfig):
         self.records, self.config = records, config
@@ -88,81 +115,37 @@ class PerUtteranceFeatures(torch.utils.data.Dataset):
             features = torchaudio.compliance.kaldi.mfcc(signal, num_ceps=c.num_ceps, use_energy=c.use_energy, **options)
         else:
             features = torchaudio.compliance.kaldi.fbank(signal, use_energy=c.use_energy, **options)
-        return features, self.tokens[index], waveform.numel() / c.sample_rate
+        record = self.records[index]
+        return features, self.tokens[index], waveform.numel() / c.sample_rate, record["text"]
 
 
 def collate_features(items):
-    features, tokens, seconds = zip(*items)
+    """-> features (B, frames, dim), frame_lengths (B,), targets (B, n), target_lengths (B,), seconds, texts."""
+    features, tokens, seconds, texts = zip(*items)
     return (pad_sequence(features, batch_first=True), torch.tensor([f.shape[0] for f in features]),
-            pad_sequence(tokens, batch_first=True), torch.tensor([t.numel() for t in tokens]), sum(seconds))
+            pad_sequence(tokens, batch_first=True), torch.tensor([t.numel() for t in tokens]), sum(seconds),
+            list(texts))
 
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-# --- timing ------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Result:
-    name: str
-    params: int
-    steps: int = 0
-    utts: int = 0
-    audio_s: float = 0.0
-    wall_s: float = 0.0
-    padded_frames: int = 0  # frames the RNN ran over, padding included (input frames x batch rows)
-    valid_frames: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.audio_s / self.wall_s if self.wall_s > 0 else float("nan")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_loop(result: Result, batches, step_fn, device: torch.device, args) -> Result:
-    """Run `step_fn(batch) -> (utts, seconds, padded, valid)` over `batches`; time all but warm-up."""
-    start = None
-    for index, batch in enumerate(batches):
-        if index == args.warmup:
-            _sync(device)
-            start = time.perf_counter()
-        utts, seconds, padded, valid = step_fn(batch)
-        if start is None:
-            continue
-        result.steps += 1
-        result.utts += utts
-        result.audio_s += seconds
-        result.padded_frames += padded
-        result.valid_frames += valid
-        if result.steps >= args.steps or (args.seconds is not None and time.perf_counter() - start >= args.seconds):
-            break
-    _sync(device)
-    if start is not None:
-        result.wall_s = time.perf_counter() - start
-    return result
-
-
-def forever(make_iterable):
-    """Batches over as many epochs as needed."""
-    for epoch in itertools.count():
-        yield from make_iterable(epoch)
-
-
+# --- the two pipelines -------------------------------------------------------------------------
 class Stepper:
-    """Loss, backward, clip, AdamW step: the same for both pipelines."""
+    """Scheduled LR, loss, backward, clip, AdamW step: the same for both pipelines."""
 
-    def __init__(self, model: nn.Module, config, device: torch.device):
+    def __init__(self, model: nn.Module, config, device: torch.device, decay_steps: int):
         self.model, self.device, self.amp = model, device, config.train.amp if device.type == "cuda" else "none"
-        self.grad_clip = config.optim.grad_clip
+        self.optim, self.decay_steps, self.steps = config.optim, decay_steps, 0
         self.optimizer = build_optimizer(model, config.optim)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.ctc = nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
 
     def __call__(self, features, frame_lengths, targets, target_lengths) -> None:
+        self.steps += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.steps, self.optim, self.decay_steps)
         with autocast_context(self.device, self.amp):
             log_probs, out_lengths = self.model(features, frame_lengths)
         loss = self.ctc(log_probs.float().transpose(0, 1), targets, out_lengths, target_lengths) / len(targets)
@@ -172,8 +155,8 @@ class Stepper:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -181,15 +164,31 @@ class Stepper:
             self.optimizer.step()
 
 
-def bench_ours(config, records, tokenizer, device, num_workers, args) -> Result:
-    torch.manual_seed(0)
+@dataclasses.dataclass
+class Pipeline:
+    """A model with its data path: what the throughput and the training modes drive."""
+
+    name: str
+    model: BiRNNCTC
+    batches_per_epoch: int
+    epoch_batches: Callable[[int], Iterable]  # epoch -> that epoch's training batches
+    step: Callable  # batch -> one optimizer step -> (utts, audio seconds, padded RNN frames, valid RNN frames)
+    eval_batches: Callable[[list[dict]], Iterable]  # records -> (features, frame_lengths, texts) on the device
+
+
+def _decay_steps(config, epochs: int, batches_per_epoch: int) -> int:
+    """The schedule's length as `asr train` sets it: optim.decay_steps, else the run's steps."""
+    return config.optim.decay_steps or epochs * batches_per_epoch
+
+
+def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN, epochs: int) -> Pipeline:
+    seed_everything(config.train.seed)
     model = BiRNNCTC(config.model_config(tokenizer.vocab_size)).to(device).train()
-    dim = config.features.dim
-    cmvn = GlobalCMVN(torch.zeros(dim), torch.ones(dim)).to(device)  # identity; same cost as real stats
     specaug = SpecAugment(config.specaug).to(device).train()
-    stepper = Stepper(model, config, device)
-    loader = make_loader(records, tokenizer, config.data.max_duration, shuffle=True, seed=0, num_workers=num_workers,
-                         num_buckets=config.data.num_buckets, sample_rate=config.features.sample_rate)
+    loader = make_loader(records, tokenizer, config.data.max_duration, shuffle=True, seed=config.train.seed,
+                         num_workers=num_workers, num_buckets=config.data.num_buckets,
+                         sample_rate=config.features.sample_rate)
+    stepper = Stepper(model, config, device, _decay_steps(config, epochs, len(loader.batch_sampler)))
 
     def epoch_batches(epoch):
         loader.batch_sampler.set_epoch(epoch)
@@ -204,31 +203,150 @@ def bench_ours(config, records, tokenizer, device, num_workers, args) -> Result:
         return (len(batch), float(batch.wave_lengths.sum()) / config.features.sample_rate,
                 int(rnn_lengths.max()) * len(batch), int(rnn_lengths.sum()))
 
-    result = Result("ours", count_parameters(model))
-    return run_loop(result, forever(epoch_batches), step, device, args)
+    def eval_batches(eval_records):
+        eval_features = dataclasses.replace(config.features, dither=0.0)
+        for batch in make_loader(eval_records, tokenizer, config.data.max_duration, shuffle=False, seed=0,
+                                 num_workers=0, sample_rate=config.features.sample_rate):
+            batch = batch.to(device)
+            features, frame_lengths = featurize(batch.waveforms, batch.wave_lengths, eval_features, cmvn)
+            yield features, frame_lengths, batch.texts
+
+    return Pipeline("ours", model, len(loader.batch_sampler), epoch_batches, step, eval_batches)
 
 
-def bench_baseline(config, records, tokenizer, device, num_workers, batch_size, args) -> Result:
-    torch.manual_seed(0)
+def build_baseline(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN, epochs: int,
+                   batch_size: int) -> Pipeline:
+    seed_everything(config.train.seed)
     model_config = dataclasses.replace(config.model_config(tokenizer.vocab_size), frontend="none", subsample=1)
     model = BiRNNCTC(model_config).to(device).train()
-    stepper = Stepper(model, config, device)
-    dataset = PerUtteranceFeatures(records, tokenizer, config.features)
+    specaug = SpecAugment(config.specaug).to(device).train()
+    batches_per_epoch = math.ceil(len(records) / batch_size)
+    stepper = Stepper(model, config, device, _decay_steps(config, epochs, batches_per_epoch))
 
-    def epoch_batches(epoch):
-        generator = torch.Generator().manual_seed(epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+    def loader(dataset, shuffle, generator=None):
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                            collate_fn=collate_features, num_workers=num_workers,
                                            worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
 
+    dataset = PerUtteranceFeatures(records, tokenizer, config.features)
+
+    def epoch_batches(epoch):
+        return loader(dataset, True, torch.Generator().manual_seed(config.train.seed + epoch))
+
     def step(batch):
-        features, frame_lengths, targets, target_lengths, seconds = batch
+        features, frame_lengths, targets, target_lengths, seconds, _ = batch
         features, frame_lengths = features.to(device, non_blocking=True), frame_lengths.to(device)
+        with torch.no_grad():
+            features = specaug(cmvn(features, frame_lengths), frame_lengths)
         stepper(features, frame_lengths, targets.to(device), target_lengths.to(device))
         return len(targets), seconds, int(frame_lengths.max()) * len(targets), int(frame_lengths.sum())
 
-    result = Result(f"baseline (batch {batch_size})", count_parameters(model))
-    return run_loop(result, forever(epoch_batches), step, device, args)
+    def eval_batches(eval_records):
+        for features, frame_lengths, _, _, _, texts in loader(PerUtteranceFeatures(eval_records, tokenizer,
+                                                                                   config.features), False):
+            features, frame_lengths = features.to(device), frame_lengths.to(device)
+            yield cmvn(features, frame_lengths), frame_lengths, texts
+
+    return Pipeline(f"baseline (batch {batch_size})", model, batches_per_epoch, epoch_batches, step, eval_batches)
+
+
+# --- timing and evaluation ---------------------------------------------------------------------
+@dataclasses.dataclass
+class Result:
+    name: str
+    params: int
+    steps: int = 0
+    utts: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    padded_frames: int = 0  # frames the RNN ran over, padding included (input frames x batch rows)
+    valid_frames: int = 0
+    wer: float = float("nan")  # greedy, on --valid (training mode)
+    cer: float = float("nan")
+
+    @property
+    def rate(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def add(self, utts: int, seconds: float, padded: int, valid: int) -> None:
+        self.steps += 1
+        self.utts += utts
+        self.audio_s += seconds
+        self.padded_frames += padded
+        self.valid_frames += valid
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(pipeline: Pipeline, device: torch.device, args) -> Result:
+    """Throughput mode: time --steps (or --seconds of) steps after --warmup untimed ones."""
+    result = Result(pipeline.name, count_parameters(pipeline.model))
+    batches = itertools.chain.from_iterable(pipeline.epoch_batches(epoch) for epoch in itertools.count())
+    start = None
+    for index, batch in enumerate(batches):
+        if index == args.warmup:
+            _sync(device)
+            start = time.perf_counter()
+        counts = pipeline.step(batch)
+        if start is None:
+            continue
+        result.add(*counts)
+        if result.steps >= args.steps or (args.seconds is not None and time.perf_counter() - start >= args.seconds):
+            break
+    _sync(device)
+    if start is not None:
+        result.wall_s = time.perf_counter() - start
+    return result
+
+
+def train_epochs(pipeline: Pipeline, device: torch.device, epochs: int) -> Result:
+    """Training mode: `epochs` full passes, all timed (each epoch's loader start-up included)."""
+    result = Result(pipeline.name, count_parameters(pipeline.model))
+    _sync(device)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        for batch in pipeline.epoch_batches(epoch):
+            result.add(*pipeline.step(batch))
+        _sync(device)
+        print(f"  {pipeline.name}: epoch {epoch + 1}/{epochs} done, {time.perf_counter() - start:.0f} s",
+              flush=True)
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def evaluate(pipeline: Pipeline, records: list[dict], tokenizer: Tokenizer) -> tuple[float, float]:
+    """Greedy WER and CER (fractions) of the pipeline's model on `records`, in eval mode."""
+    decoder = GreedyDecoder(tokenizer)
+    refs, hyps = [], []
+    pipeline.model.eval()
+    for features, frame_lengths, texts in pipeline.eval_batches(records):
+        log_probs, out_lengths = pipeline.model(features, frame_lengths)
+        refs.extend(texts)
+        hyps.extend(h.text for h in decoder.decode(log_probs, out_lengths))
+    pipeline.model.train()
+    return wer_cer(refs, hyps)
+
+
+def print_table(results: list[Result], training: bool) -> None:
+    errors = f"{'WER':>8}{'CER':>8}" if training else ""
+    print(f"\n{'pipeline':<22}{'params':>10}{'steps':>7}{'utts':>7}{'audio s':>10}{'wall s':>9}"
+          f"{'padding':>9}{'audio s/s':>11}{errors}")
+    for r in results:
+        padding = 1 - r.valid_frames / r.padded_frames if r.padded_frames else float("nan")
+        errors = f"{r.wer:>8.1%}{r.cer:>8.1%}" if training else ""
+        print(f"{r.name:<22}{r.params:>10,}{r.steps:>7}{r.utts:>7}{r.audio_s:>10.1f}{r.wall_s:>9.1f}"
+              f"{padding:>9.1%}{r.rate:>11.1f}{errors}")
+    if len(results) == 2 and results[1].rate > 0:
+        ours, baseline = results
+        print(f"\nspeed-up: {ours.rate / baseline.rate:.2f}x audio-seconds per second "
+              f"(approximate: one run, shared machine; padding = RNN frames spent on padding)")
+        if training:
+            print(f"WER: ours - baseline = {100 * (ours.wer - baseline.wer):+.1f} points "
+                  f"(CER {100 * (ours.cer - baseline.cer):+.1f}); greedy, no LM")
 
 
 def main(argv=None) -> int:
@@ -241,6 +359,8 @@ def main(argv=None) -> int:
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     num_workers = config.data.num_workers if args.num_workers is None else args.num_workers
+    training = args.epochs is not None
+    epochs = args.epochs or config.train.epochs
 
     records = read_manifest(args.manifest)
     tokenizer = Tokenizer.build(r["text"] for r in records)
@@ -250,6 +370,12 @@ def main(argv=None) -> int:
     if not records:
         print(f"no usable utterances in {args.manifest} ({len(dropped)} left out by the length filters)")
         return 1
+    valid_records = []
+    if training:  # as `asr train`: no duration bounds, only what our (subsampled) model can align
+        valid_records, _ = select_utterances(read_manifest(args.valid), tokenizer, probe, config.features)
+        if not valid_records:
+            print(f"no usable utterances in {args.valid}")
+            return 1
     longest = max(float(r["duration"]) for r in records)
     batch_size = args.baseline_batch_size or max(1, math.floor(config.data.max_duration / longest))
     m = config.model
@@ -261,21 +387,31 @@ def main(argv=None) -> int:
           f"{config.features.dim}; ours: {m.frontend} front-end, subsample {m.subsample}, max_duration "
           f"{config.data.max_duration:g} s; baseline: no front-end, {batch_size} utterances per batch")
 
-    results = []
-    if args.only != "baseline":
-        results.append(bench_ours(config, records, tokenizer, device, num_workers, args))
-    if args.only != "ours":
-        results.append(bench_baseline(config, records, tokenizer, device, num_workers, batch_size, args))
+    dim = config.features.dim
+    if training:
+        print(f"training mode: {epochs} epochs each, then greedy WER on {len(valid_records)} utterances of "
+              f"{args.valid}; global CMVN of the training features (untimed)", flush=True)
+        cmvn = compute_cmvn(records, config.features, num_workers=num_workers).to(device)
+    else:
+        cmvn = GlobalCMVN(torch.zeros(dim), torch.ones(dim)).to(device)  # identity; same cost as real stats
 
-    print(f"\n{'pipeline':<22}{'params':>10}{'steps':>7}{'utts':>7}{'audio s':>10}{'wall s':>9}"
-          f"{'padding':>9}{'audio s/s':>11}")
-    for r in results:
-        padding = 1 - r.valid_frames / r.padded_frames if r.padded_frames else float("nan")
-        print(f"{r.name:<22}{r.params:>10,}{r.steps:>7}{r.utts:>7}{r.audio_s:>10.1f}{r.wall_s:>9.1f}"
-              f"{padding:>9.1%}{r.rate:>11.1f}")
-    if len(results) == 2 and results[1].rate > 0:
-        print(f"\nspeed-up: {results[0].rate / results[1].rate:.1f}x audio-seconds per second "
-              f"(approximate: one run, shared machine; padding = RNN frames spent on padding)")
+    builders = []
+    if args.only != "baseline":
+        builders.append(lambda: build_ours(config, records, tokenizer, device, num_workers, cmvn, epochs))
+    if args.only != "ours":
+        builders.append(lambda: build_baseline(config, records, tokenizer, device, num_workers, cmvn, epochs,
+                                               batch_size))
+    results = []
+    for build in builders:
+        pipeline = build()
+        if training:
+            result = train_epochs(pipeline, device, epochs)
+            result.wer, result.cer = evaluate(pipeline, valid_records, tokenizer)
+            print(f"  {pipeline.name}: greedy WER {result.wer:.1%}, CER {result.cer:.1%}", flush=True)
+        else:
+            result = time_steps(pipeline, device, args)
+        results.append(result)
+    print_table(results, training)
     return 0
 
 
