@@ -382,12 +382,6 @@ class Transcriber:
         self.chunking = chunking
         self.feature_config = inference_model.feature_config
         self.sample_rate = int(inference_model.feature_config.sample_rate)
-        model = getattr(inference_model, "model", None)
-        if isinstance(model, torch.nn.Module) and getattr(inference_model, "device", None) == torch.device("cpu"):
-            # oneDNN's conv2d on the front-end's 1-channel input is ~15x slower at batch 1 with NCHW
-            # weights than with channels_last ones (10 s of audio, demo model, one thread: 2.5 s vs
-            # 0.16 s, torch 2.14); the results are the same up to float rounding.
-            model.to(memory_format=torch.channels_last)
         self.seconds_per_frame = float(inference_model.seconds_per_frame)
         self.token_strings = list(inference_model.tokenizer.tokens)
 
