@@ -294,6 +294,30 @@ def test_cli_folder_with_corrupt_file_continues_and_exits_1(checkpoint, tmp_path
     assert not (tmp_path / "out" / "bad.srt").exists()
 
 
+def test_cli_tuned_from_takes_the_weights_tuned_by_decode(checkpoint, tmp_path, capsys, monkeypatch):
+    from asr import transcribe
+    from asr.cli import main
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, tone_bursts([(0.2, 0.9)], 1.2), SR)
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"lm_weight": 0.75, "word_score": -1.5}))
+    seen = {}
+
+    def fake_from_checkpoint(path, device=None, decoder="greedy", chunking=None, **options):
+        seen.update(options, decoder=decoder)
+        raise transcribe.AsrError("stop here")  # the options are all this test needs
+
+    monkeypatch.setattr(transcribe.Transcriber, "from_checkpoint", staticmethod(fake_from_checkpoint))
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--tuned-from", str(tuned), str(wav)]) == 1
+    assert seen["decoder"] == "beam" and seen["lm_weight"] == 0.75 and seen["word_score"] == -1.5
+    assert main(["transcribe", "--model", str(checkpoint), "--tuned-from", str(tuned), str(wav)]) == 1
+    assert "need --decoder beam" in capsys.readouterr().err
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--tuned-from", str(tmp_path / "no.json"),
+                 str(wav)]) == 1
+    assert "no.json: file not found" in capsys.readouterr().err
+
+
 def test_silence_and_too_short_audio_give_empty_transcripts(checkpoint):
     transcriber = Transcriber.from_checkpoint(checkpoint, device="cpu")
     assert split_on_silence(np.zeros(3 * SR, dtype=np.float32)) == []  # digital silence has no sound
