@@ -8,7 +8,7 @@
 # Options (defaults in brackets):
 #   --stage N / --stop-stage M   run stages N..M only [0 / 100]
 #   --dry-run                    print the commands without running them
-#   --train-utts N               synthetic training utterances [6000]
+#   --train-utts N               synthetic training utterances [4000]
 #   --dev-utts N / --test-utts N dev and test utterances [200 / 300]
 #   --seed S                     corpus seed [0]
 #   --config FILE                training config [conf/demo.yaml]
@@ -20,11 +20,11 @@
 #   --train-args "k=v ..."       extra config overrides for training []
 #
 # Stages: 0 synthesise, 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average,
-#         6 decode (dev tunes the LM weights, test reuses them), 7 RESULTS.md, 8 transcribe a file.
+#         6 decode greedy and beam + LM (dev tunes the LM weights, test reuses them), 7 RESULTS.md, 8 transcribe a file.
 set -euo pipefail
 
 stage=0; stop_stage=100; dry_run=false
-train_utts=6000; dev_utts=200; test_utts=300; seed=0
+train_utts=4000; dev_utts=200; test_utts=300; seed=0
 config=conf/demo.yaml; exp_name=demo; lm_order=4; avg=3; nj=2; train_args=""; work_dir=""
 
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
@@ -81,12 +81,12 @@ if stage 5 "average the last $avg checkpoints"; then
   run asr average --exp $exp --last "$avg"
 fi
 
-if stage 6 "decode dev and test: greedy, beam, beam + LM"; then
+if stage 6 "decode dev and test: greedy, and beam + LM (LM weight and word score tuned on dev)"; then
   for set in dev test; do
     run asr decode --exp $exp --manifest $manifests/$set.jsonl --set $set --decoder greedy
-    run asr decode --exp $exp --manifest $manifests/$set.jsonl --set $set --decoder beam
   done
-  run asr decode --exp $exp --manifest $manifests/dev.jsonl --set dev --decoder beam --lm $lm --tune
+  run asr decode --exp $exp --manifest $manifests/dev.jsonl --set dev --decoder beam --lm $lm \
+    --tune --tune-lm-weights 0.5,0.75,1.0,1.5 --tune-word-scores 0,1,2
   run asr decode --exp $exp --manifest $manifests/test.jsonl --set test --decoder beam --lm $lm \
     --tuned-from $tuned
 fi
