@@ -298,8 +298,8 @@ def test_ddp_two_cpu_processes(corpus, tmp_path):
         assert torch.equal(w0[key], w1[key]), key
     # Only rank 0 writes the experiment.
     assert (exp / "checkpoints" / "last.pt").is_file()
-    assert sorted(p.name for p in exp.iterdir()) == ["checkpoints", "cmvn.pt", "config.yaml", "log", "tokens.txt",
-                                                     "training_curves.png"]
+    assert sorted(p.name for p in exp.iterdir()) == [".train.lock", "checkpoints", "cmvn.pt", "config.yaml", "log",
+                                                     "tokens.txt", "training_curves.png"]
 
 
 def test_ctrl_c_saves_last_and_resumes(corpus, tmp_path, monkeypatch):
