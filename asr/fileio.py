@@ -59,3 +59,16 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     with atomic_open(path, "wb", encoding=None) as f:
         torch.save(obj, f)
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of `path`; a DataError naming the file (as `what`) when it is missing or unreadable."""
+    from asr.errors import DataError
+
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read {what}: {err}") from None

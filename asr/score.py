@@ -19,7 +19,7 @@ import jiwer
 import numpy as np
 
 from asr.errors import DataError
-from asr.fileio import atomic_open, atomic_write_text
+from asr.fileio import atomic_open, atomic_write_text, read_text
 from asr.text import normalize_text
 
 
@@ -71,12 +71,7 @@ def read_kaldi_text(path: str | os.PathLike) -> dict[str, str]:
     missing.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+    lines = read_text(path).splitlines()
     texts: dict[str, str] = {}
     for line_no, line in enumerate(lines, 1):
         parts = line.strip().split(maxsplit=1)

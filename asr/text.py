@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from asr.errors import DataError
-from asr.fileio import atomic_open
+from asr.fileio import atomic_open, read_text
 
 BLANK = "<blank>"  # the CTC blank, always id 0
 SPACE = "|"  # the word separator token
@@ -184,12 +184,7 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
         """Read a `tokens.txt` written by `save`. DataError naming file and line when malformed."""
         path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{path}: token file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read token file: {e}") from None
+        lines = read_text(path, "token file").splitlines()
         tokens = []
         for line_no, line in enumerate(lines, 1):
             if not line.strip():

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from asr.errors import DataError
-from asr.fileio import atomic_open
+from asr.fileio import atomic_open, read_text
 
 REQUIRED_KEYS = ("id", "audio", "duration", "text", "speaker")
 
@@ -64,13 +64,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     an earlier `id`.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read manifest: {e}") from None
+    lines = read_text(path, "manifest").split("\n")  # not splitlines(): U+2028 may stand inside a JSON string
     base = path.parent.absolute()
     records = []
     first_line: dict[str, int] = {}

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from asr.audio import SAMPLE_RATE, audio_info, resample
 from asr.data.grammar import is_question, sentence_generator
 from asr.errors import DataError
-from asr.fileio import atomic_open, atomic_write_text
+from asr.fileio import atomic_open, atomic_write_text, read_text
 from asr.text import normalize_text
 
 SPLITS = ("train", "dev", "test")
@@ -251,12 +251,7 @@ def read_text_file(path: str | os.PathLike) -> tuple[list[str], int]:
     "42"). Raises DataError naming the file when it is missing or has no usable line.
     """
     path = Path(path)
-    try:
-        raw_lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: text file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read text file ({err})") from None
+    raw_lines = read_text(path, "text file").splitlines()
     sentences, skipped = [], 0
     for line in raw_lines:
         text = normalize_text(line)
