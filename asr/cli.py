@@ -408,12 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_message(err: AsrError) -> str:
+    """The one line a user reads. An error raised in a DataLoader worker arrives re-raised in
+    this process with the worker's traceback in its message; its last line is the original one."""
+    message = str(err).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1]
+        message = message.split(": ", 1)[1] if message.startswith("asr.errors.") else message
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except AsrError as err:
-        print(f"asr {args.command}: error: {err}", file=sys.stderr)
+        print(f"asr {args.command}: error: {_user_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)
