@@ -273,12 +273,9 @@ def _run_transcribe(args) -> int:
     if args.decoder == "greedy" and (args.tuned_from or any(v is not None for v in options.values())):
         raise AsrError("--beam-size, --lm, --lm-weight, --word-score and --tuned-from need --decoder beam")
     if args.tuned_from:
-        from asr.decode import load_tuned
+        from asr.decode import lm_weights
 
-        if args.lm_weight is not None or args.word_score is not None:
-            raise AsrError("give either --tuned-from or --lm-weight/--word-score, not both")
-        tuned = load_tuned(args.tuned_from)
-        options.update(lm_weight=tuned["lm_weight"], word_score=tuned["word_score"])
+        options["lm_weight"], options["word_score"] = lm_weights(args.tuned_from, args.lm_weight, args.word_score)
     chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
                               batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
     transcriber = Transcriber.from_checkpoint(args.model, device=args.device, decoder=args.decoder,

@@ -422,6 +422,20 @@ def load_tuned(path: str | os.PathLike) -> dict:
     return {"lm_weight": float(tuned["lm_weight"]), "word_score": float(tuned["word_score"])}
 
 
+def lm_weights(tuned_from: str | os.PathLike | None, lm_weight: float | None,
+               word_score: float | None) -> tuple[float | None, float | None]:
+    """(lm_weight, word_score): those of a `--tune` run when `tuned_from` names one, else as given.
+
+    ConfigError when both a tuned file and explicit weights are given.
+    """
+    if tuned_from is None:
+        return lm_weight, word_score
+    if lm_weight is not None or word_score is not None:
+        raise ConfigError("give either --tuned-from or --lm-weight/--word-score, not both")
+    tuned = load_tuned(tuned_from)
+    return tuned["lm_weight"], tuned["word_score"]
+
+
 def decoder_label(name: str, lm: str | os.PathLike | None) -> str:
     """Folder name of a decoder's results: "greedy", "beam", or "beam-<LM file stem>"."""
     if name != "beam" or lm is None:
@@ -522,11 +536,7 @@ def decode_manifest(
     from asr.data.manifest import read_manifest
     from asr.score import format_report, score_texts, write_kaldi_text
 
-    if tuned_from is not None:
-        if lm_weight is not None or word_score is not None:
-            raise ConfigError("give either --tuned-from or --lm-weight/--word-score, not both")
-        tuned_values = load_tuned(tuned_from)
-        lm_weight, word_score = tuned_values["lm_weight"], tuned_values["word_score"]
+    lm_weight, word_score = lm_weights(tuned_from, lm_weight, word_score)
     if (tune or tuned_from is not None) and (decoder != "beam" or lm is None):
         raise ConfigError("--tune and --tuned-from need --decoder beam with --lm")
     records = read_manifest(manifest)
