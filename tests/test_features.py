@@ -8,6 +8,8 @@ import soundfile
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
+from asr import features
+
 from asr.errors import ConfigError, DataError
 from asr.features import (
     STD_FLOOR,
@@ -69,8 +71,13 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("block", [None, 7, 200], ids=["one-block", "time-blocks", "row-blocks"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.kind}-{c.num_mel_bins}-e{int(c.use_energy)}-s{int(c.snip_edges)}")
-def test_matches_kaldi_per_utterance_in_one_batch(config):
+def test_matches_kaldi_per_utterance_in_one_batch(config, block, monkeypatch):
+    # The CPU computes in blocks of frames: 7 splits every utterance in time, 200 puts two
+    # utterances (98 frames long at most) in each block.
+    if block is not None:
+        monkeypatch.setattr(features, "CPU_BLOCK_FRAMES", block)
     waveforms, lengths = _batch(LENGTHS)
     feats, frame_lengths = compute_features(waveforms, lengths, config)
     assert feats.dtype == torch.float32
