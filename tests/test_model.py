@@ -236,3 +236,37 @@ def test_config_rejects_bad_values_naming_the_key(key, value):
 def test_config_rejects_subsampling_without_frontend():
     with pytest.raises(ConfigError, match="subsample"):
         ModelConfig(frontend="none", subsample=4)
+
+
+def test_eval_frontend_matches_normalising_valid_frames_only():
+    """In evaluation the front-end's batch norm runs on the whole tensor and zeroes padding after;
+    the result equals normalising the valid frames alone (the training-time formulation)."""
+    import torch.nn.functional as F
+
+    from asr.model import HARDTANH_MAX
+
+    torch.manual_seed(0)
+    model = BiRNNCTC(tiny_config(subsample=4))
+    warm_up_batch_norm(model)
+    frontend = model.frontend
+    features, lengths = padded_batch([37, 12, 29], seed=3, pad_value=-4.0)
+    with torch.no_grad():
+        out, out_lengths = frontend(features, lengths)
+        # Reference: conv, then the norm on the gathered valid frames, scattered into zeros.
+        x = features.unsqueeze(1).masked_fill(
+            (torch.arange(features.size(1)) >= lengths[:, None])[:, None, :, None], 0.0)
+        frame_lengths = lengths
+        for conv, norm in zip(frontend.convs, frontend.norms):
+            x = conv(x)
+            frame_lengths = frontend.output_lengths(lengths) if conv is frontend.convs[-1] else (
+                torch.div(frame_lengths + 2 * (conv.kernel_size[0] // 2) - conv.kernel_size[0],
+                          conv.stride[0], rounding_mode="floor") + 1)
+            mask = torch.arange(x.size(2)) < frame_lengths[:, None]
+            frames = F.hardtanh(norm(x.transpose(1, 2)[mask]), 0.0, HARDTANH_MAX)
+            zeros = torch.zeros(x.size(0), x.size(2), x.size(1), x.size(3))
+            zeros[mask] = frames
+            x = zeros.transpose(1, 2)
+        reference = frontend.projection(x.permute(0, 2, 1, 3).reshape(x.size(0), x.size(2), -1))
+    assert torch.equal(out_lengths, frame_lengths)
+    for i, n in enumerate(out_lengths.tolist()):
+        torch.testing.assert_close(out[i, :n], reference[i, :n], atol=1e-5, rtol=0)
