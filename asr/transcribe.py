@@ -110,6 +110,8 @@ def frame_rms(waveform: np.ndarray, frame_length: int = 2048, hop_length: int = 
     """
     half = frame_length // 2
     frames = 1 + (waveform.shape[0] + 2 * half - frame_length) // hop_length
+    if frame_length % hop_length == 0 and half % hop_length == 0 and frames > 0:
+        return _frame_rms_by_hops(waveform, frame_length, hop_length, frames)
     out = np.empty(max(frames, 0), dtype=np.float32)
     for first in range(0, frames, block_frames):
         count = min(block_frames, frames - first)
@@ -123,6 +125,31 @@ def frame_rms(waveform: np.ndarray, frame_length: int = 2048, hop_length: int = 
         power = (running[starts + frame_length] - running[starts]) / frame_length
         out[first : first + count] = np.sqrt(np.maximum(power, 0.0))
     return out
+
+
+def _frame_rms_by_hops(waveform: np.ndarray, frame_length: int, hop_length: int, frames: int,
+                       block_samples: int = 1 << 20) -> np.ndarray:
+    """`frame_rms` when frames and their centring pad are whole numbers of hops (librosa's
+    2048/512): each frame's energy is the sum of `frame_length // hop_length` consecutive hop
+    energies, and those are sums over a (hops, hop_length) reshape, ~2x faster than running sums
+    over every sample. Float64 sums, read `block_samples` at a time."""
+    per_frame = frame_length // hop_length
+    lead = frame_length // 2 // hop_length  # zero hops before the first sample (the centring pad)
+    hops = frames - 1 + per_frame
+    energy = np.zeros(hops, dtype=np.float64)
+    block = max(hop_length, block_samples - block_samples % hop_length)
+    for start in range(0, waveform.shape[0], block):
+        piece = waveform[start : start + block].astype(np.float64)
+        whole = piece.shape[0] // hop_length * hop_length
+        first = lead + start // hop_length
+        count = min(whole // hop_length, hops - first)
+        if count > 0:
+            energy[first : first + count] = np.square(piece[: count * hop_length]).reshape(count, hop_length).sum(axis=1)
+        if whole < piece.shape[0] and first + whole // hop_length < hops:  # a last, partial hop
+            energy[first + whole // hop_length] = np.square(piece[whole:]).sum()
+    running = np.concatenate([[0.0], np.cumsum(energy)])
+    power = (running[per_frame : per_frame + frames] - running[:frames]) / frame_length
+    return np.sqrt(np.maximum(power, 0.0)).astype(np.float32)
 
 
 def nonsilent_intervals(waveform: np.ndarray | torch.Tensor, top_db: float = 40.0, frame_length: int = 2048,

@@ -126,6 +126,27 @@ def _bursts_3min(seed: int = 1) -> list[tuple[float, float]]:
         t += length + rng.uniform(0.3, 4.0)
 
 
+@pytest.mark.parametrize("frame_length,hop_length", [(2048, 512), (400, 160)], ids=["whole-hops", "general"])
+def test_frame_rms_matches_librosa(frame_length, hop_length, monkeypatch):
+    """Both ways of computing frame RMS (sums of whole hops, running sums over samples) agree
+    with librosa, also across their read blocks (made small here)."""
+    import librosa
+
+    import asr.transcribe as transcribe
+
+    original = transcribe._frame_rms_by_hops
+    monkeypatch.setattr(transcribe, "_frame_rms_by_hops",
+                        lambda *args: original(*args, block_samples=3 * hop_length))
+    rng = np.random.default_rng(0)
+    for n in [1, hop_length - 1, frame_length, frame_length + 1, 5 * frame_length + 7, 40 * frame_length]:
+        wave = (rng.standard_normal(n) * rng.uniform(0.0, 1.0, n)).astype(np.float32)
+        ours = transcribe.frame_rms(wave, frame_length, hop_length, block_frames=4)
+        reference = librosa.feature.rms(y=wave, frame_length=frame_length, hop_length=hop_length,
+                                        center=True, pad_mode="constant")[0]
+        assert ours.shape == reference.shape
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-7)
+
+
 def test_split_three_minutes_of_bursts():
     import librosa
 
