@@ -150,16 +150,21 @@ def featurize(
     feature_config,
     cmvn: torch.nn.Module,
     specaug: torch.nn.Module | None = None,
+    narrowband: torch.nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The model's input, computed in batch on the waveforms' device, in float32.
 
     waveforms (B, samples), wave_lengths (B,) -> features (B, frames, dim), frame_lengths (B,).
-    Features -> global CMVN -> SpecAugment (if given; it acts only in training mode).
-    Training and inference share this function so that they cannot drift apart.
+    Narrow-band augmentation (if given) -> features -> global CMVN -> SpecAugment (if given); both
+    augmentations act only in training mode. Training and inference share this function so that
+    they cannot drift apart.
     """
     from asr.features import compute_features
 
-    features, frame_lengths = compute_features(waveforms.float(), wave_lengths, feature_config)
+    waveforms = waveforms.float()
+    if narrowband is not None:
+        waveforms = narrowband(waveforms, wave_lengths)
+    features, frame_lengths = compute_features(waveforms, wave_lengths, feature_config)
     features = cmvn(features, frame_lengths)
     if specaug is not None:
         features = specaug(features, frame_lengths)

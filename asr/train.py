@@ -54,7 +54,8 @@ from asr.checkpoint import (
 )
 from asr.config import config_diff, dump_config, load_config, to_dict
 from asr.errors import ConfigError, DataError
-from asr.features import FeatureConfig, GlobalCMVN, SpecAugment, SpecAugmentConfig, compute_cmvn, num_frames
+from asr.features import (FeatureConfig, GlobalCMVN, Narrowband, NarrowbandConfig, SpecAugment, SpecAugmentConfig,
+                          compute_cmvn, num_frames)
 from asr.fileio import atomic_open, atomic_write_text
 from asr.model import BiRNNCTC, ModelConfig, count_parameters
 from asr.text import Tokenizer
@@ -146,6 +147,7 @@ class ExperimentConfig:
 
     features: FeatureConfig = field(default_factory=FeatureConfig)  # waveform -> features
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # masks in training (0 masks = off)
+    narrowband: NarrowbandConfig = field(default_factory=NarrowbandConfig)  # band-limited utterances in training
     model: ModelConfig = field(default_factory=ModelConfig)  # the network (input_dim, vocab_size derived)
     data: DataConfig = field(default_factory=DataConfig)  # batching and length filters
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule
@@ -470,6 +472,7 @@ class Trainer:
     tokenizer: Tokenizer
     cmvn: GlobalCMVN
     specaug: SpecAugment
+    narrowband: Narrowband
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     train_loader: torch.utils.data.DataLoader
@@ -542,10 +545,12 @@ def compute_loss(trainer: Trainer, batch, training: bool) -> tuple[Tensor, dict,
     not fit in its output frames (the manifest's duration was off) is left out of the loss and
     counted in "skipped" with a warning, never an infinite or silently zeroed loss.
     """
-    cmvn, specaug = trainer.cmvn, trainer.specaug if training else None
+    cmvn = trainer.cmvn
+    specaug, narrowband = (trainer.specaug, trainer.narrowband) if training else (None, None)
     feature_config = trainer.config.features if training else dataclasses.replace(trainer.config.features, dither=0.0)
     with torch.no_grad():
-        features, frame_lengths = featurize(batch.waveforms, batch.wave_lengths, feature_config, cmvn, specaug)
+        features, frame_lengths = featurize(batch.waveforms, batch.wave_lengths, feature_config, cmvn, specaug,
+                                               narrowband)
     model = trainer.model if training else trainer.raw_model
     with autocast_context(trainer.runtime.device, trainer.runtime.amp):
         log_probs, out_lengths = model(features, frame_lengths)  # (B, T, V), (B,)
@@ -1081,10 +1086,11 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     wrapped: nn.Module = model
     trainer = Trainer(config=config, runtime=runtime, exp_dir=exp_dir, model=wrapped, raw_model=model,
                       model_config=model_config, tokenizer=tokenizer, cmvn=cmvn,
-                      specaug=SpecAugment(config.specaug).to(runtime.device), optimizer=optimizer, scaler=scaler,
+                      specaug=SpecAugment(config.specaug).to(runtime.device),
+                      narrowband=Narrowband(config.narrowband, config.features.sample_rate), optimizer=optimizer, scaler=scaler,
                       train_loader=train_loader, valid_loader=valid_loader, decay_steps=decay_steps,
                       metrics=MetricsLog(exp_dir, False, 0))
-    # Per-rank dropout and SpecAugment streams (rank 0 keeps the single-process stream).
+    # Per-rank dropout, SpecAugment and narrow-band streams (rank 0 keeps the single-process stream).
     torch.manual_seed(train_config.seed + 1 + runtime.rank)
     if resume_path.exists():
         load_training_checkpoint(trainer, resume_path)

@@ -243,3 +243,54 @@ def test_specaugment_masks_within_limits():
             assert torch.all(out[i, n:] == 0), "padding stays zero"
     assert masked_cols > 0 and masked_rows > 0, "masks were applied"
     assert len(column_patterns) > 5, "masks are drawn per utterance"
+
+
+def test_narrowband_passes_chosen_utterances_through_the_lower_rate():
+    from asr.audio import resample
+    from asr.features import Narrowband, NarrowbandConfig
+
+    waveforms, lengths = _batch([16000, 9000])
+    waveforms[:, :] += 0.05 * torch.randn(waveforms.shape, generator=torch.Generator().manual_seed(1))
+    waveforms[1, 9000:] = 0.0
+    narrowband = Narrowband(NarrowbandConfig(prob=1.0, rates=(8000,)), 16000)
+    out = narrowband(waveforms, lengths)
+    assert out.shape == waveforms.shape
+    # Exactly what loading an 8 kHz recording of the utterance at 16 kHz gives.
+    expected = resample(resample(waveforms[0], 16000, 8000), 8000, 16000)[:16000]
+    torch.testing.assert_close(out[0], expected)
+    assert torch.all(out[1, 9000:] == 0), "padding stays zero"
+    # The added white noise had half its energy above 4 kHz; under 1% of that is left.
+    power = torch.fft.rfft(out[0]).abs().square()
+    original = torch.fft.rfft(waveforms[0]).abs().square()
+    assert power[4100:].sum() < 1e-2 * original[4100:].sum()
+    torch.testing.assert_close(power[:3900].sum(), original[:3900].sum(), rtol=0.02, atol=0)
+
+
+def test_narrowband_is_identity_in_eval_and_at_probability_zero():
+    from asr.features import Narrowband, NarrowbandConfig
+
+    waveforms, lengths = _batch([8000, 5000])
+    assert Narrowband(NarrowbandConfig(prob=1.0), 16000).eval()(waveforms, lengths) is waveforms
+    assert Narrowband(NarrowbandConfig(prob=0.0), 16000)(waveforms, lengths) is waveforms
+    # A rate at or above the model's is no narrowing.
+    assert Narrowband(NarrowbandConfig(prob=1.0, rates=(16000,)), 16000)(waveforms, lengths) is waveforms
+
+
+def test_narrowband_chooses_about_prob_of_the_utterances():
+    from asr.features import Narrowband, NarrowbandConfig
+
+    torch.manual_seed(0)
+    waveforms = torch.randn(400, 1600) * 0.1
+    lengths = torch.full((400,), 1600)
+    out = Narrowband(NarrowbandConfig(prob=0.25, rates=(8000, 11025)), 16000)(waveforms, lengths)
+    changed = (out - waveforms).abs().amax(dim=1) > 1e-3
+    assert 70 <= int(changed.sum()) <= 130
+
+
+@pytest.mark.parametrize("values,key", [({"prob": 1.5}, "narrowband.prob"), ({"rates": ()}, "narrowband.rates"),
+                                        ({"rates": (0,)}, "narrowband.rates")])
+def test_narrowband_config_errors_name_the_key(values, key):
+    from asr.features import NarrowbandConfig
+
+    with pytest.raises(ConfigError, match=key):
+        NarrowbandConfig(**values)

@@ -44,6 +44,7 @@ TINY = [
     "model.dropout=0.3",
     "specaug.freq_width=5",
     "specaug.time_width_ratio=0.2",
+    "narrowband.prob=0.5",  # the resume test then also checks its random stream
     "data.max_duration=5",  # with 2 buckets: 4 batches an epoch
     "data.num_buckets=2",
     "data.num_workers=0",
@@ -244,7 +245,7 @@ def test_ctc_min_frames_and_schedule():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.yaml")))
 def test_every_conf_builds_and_takes_a_step(name, tmp_path):
     """Each shipped config: its model builds and one optimizer step on a 1 s + 0.25 s batch works."""
-    from asr.features import GlobalCMVN, SpecAugment
+    from asr.features import GlobalCMVN, Narrowband, SpecAugment
     from asr.train import Runtime, Trainer, train_step
     from asr.model import BiRNNCTC
 
@@ -259,6 +260,7 @@ def test_every_conf_builds_and_takes_a_step(name, tmp_path):
     trainer = Trainer(config=config, runtime=Runtime(), exp_dir=tmp_path, model=model, raw_model=model,
                       model_config=model_config, tokenizer=tokenizer,
                       cmvn=GlobalCMVN(torch.zeros(dim), torch.ones(dim)), specaug=SpecAugment(config.specaug),
+                      narrowband=Narrowband(config.narrowband, config.features.sample_rate),
                       optimizer=build_optimizer(model, config.optim), scaler=None, train_loader=None,
                       valid_loader=None, decay_steps=100, metrics=None)
     before = model.head.weight.detach().clone()
