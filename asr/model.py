@@ -95,7 +95,8 @@ class ConvFrontend(nn.Module):
 
     Each layer: Conv2d (stride 2 or 1 in time, 2 in freq) -> batch norm -> hardtanh(0, 20), and
     padded frames set to zero. Batch norm statistics come from valid frames only, so in training,
-    too, the amount of padding in a batch does not move them.
+    too, the amount of padding in a batch does not move them. In evaluation the norm is folded into
+    the convolution, and the last layer's padding is left as it is (nothing reads it).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -125,18 +126,17 @@ class ConvFrontend(nn.Module):
         """features (B, F, D), lengths (B,) -> ((B, T, hidden), out_lengths (B,))."""
         x = features.unsqueeze(1)  # (B, 1, F, D): channels, time, freq
         x = x.masked_fill(~_valid_mask(lengths, x.size(2))[:, None, :, None], 0.0)  # callers' padding may be anything
-        for conv, norm in zip(self.convs, self.norms):
-            x = conv(x)  # (B, C, F', D')
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             lengths = _conv_out(lengths, conv.kernel_size[0], conv.stride[0])
+            mask = _valid_mask(lengths, _conv_out(x.size(2), conv.kernel_size[0], conv.stride[0]))  # (B, F')
+            if not norm.training:
+                x = F.hardtanh(_conv_with_norm(conv, norm, x), 0.0, HARDTANH_MAX, inplace=True)
+                if index < len(self.convs) - 1:  # the next conv reads across each utterance's end
+                    x = x.mul_(mask[:, None, :, None].to(x.dtype))  # zero padding; a float mask is 7x faster here
+                continue
+            x = conv(x)  # (B, C, F', D')
             # Normalise the valid frames only and scatter them back into zeros: the padding is
             # zero again and takes no part in the batch statistics.
-            mask = _valid_mask(lengths, x.size(2))  # (B, F')
-            if not norm.training:
-                # Evaluation: the norm is a fixed affine map per channel, so it can run on the
-                # whole tensor and padding be zeroed after (2x faster than gathering valid frames).
-                x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-                x = F.hardtanh(x, 0.0, HARDTANH_MAX, inplace=True).masked_fill_(~mask[:, None, :, None], 0.0)
-                continue
             frames = x.transpose(1, 2)[mask]  # (N valid, C, D')
             frames = F.hardtanh(norm(frames), 0.0, HARDTANH_MAX)
             out = x.new_zeros(x.size(0), x.size(2), x.size(1), x.size(3))  # (B, F', C, D')
@@ -144,7 +144,18 @@ class ConvFrontend(nn.Module):
             x = out.transpose(1, 2)  # (B, C, F', D')
         batch, channels, frames, freq = x.shape
         x = x.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)  # (B, T, C*D')
-        return self.projection(x), lengths  # padded frames: the projection's bias, never read
+        return self.projection(x), lengths  # padded frames: meaningless, never read
+
+
+def _conv_with_norm(conv: nn.Conv2d, norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """conv then the norm in evaluation (a fixed affine map per channel), as one convolution with
+    the norm folded into its weights and bias. Valid frames only are meaningful (padding is not
+    zeroed here)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (C,)
+    bias = norm.bias - norm.running_mean * scale
+    out = F.conv2d(x, conv.weight * scale[:, None, None, None], None, conv.stride, conv.padding)
+    # The bias added after: oneDNN's 1-input-channel conv is ~1.5x slower with a bias (torch 2.14, CPU).
+    return out.add_(bias[:, None, None])
 
 
 def _conv_out(size, kernel: int, stride: int):
