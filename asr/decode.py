@@ -143,17 +143,52 @@ def _text_from_tokens(tokens: Sequence[int], token_strings: Sequence[str]) -> st
     return " ".join("".join(pieces).split())
 
 
+# A pause this long between two characters ends a word in greedy decoding. Inside a word CTC
+# emits characters well under 0.3 s apart (at most 0.24 s on the demo's test set); a model trained
+# on single sentences often emits no "|" across the silence between two sentences, which would
+# otherwise glue their words together ("BEACH GEORGE" -> "BEACHGEORGE").
+WORD_PAUSE_S = 0.5
+
+
+def word_pause_frames(seconds_per_frame: float, pause_s: float = WORD_PAUSE_S) -> int:
+    """Output frames of a word-ending pause for a model with `seconds_per_frame` per frame."""
+    return max(1, round(pause_s / seconds_per_frame))
+
+
+def _split_at_pauses(tokens: list[int], frames: list[int], space_id: int, pause_frames: int) -> tuple[list[int], list[int]]:
+    """Insert a word separator between two characters emitted `pause_frames` or more frames apart."""
+    out_tokens: list[int] = []
+    out_frames: list[int] = []
+    for token, frame in zip(tokens, frames):
+        if (out_tokens and token != space_id and out_tokens[-1] != space_id
+                and frame - out_frames[-1] >= pause_frames):
+            out_tokens.append(space_id)
+            out_frames.append(out_frames[-1])
+        out_tokens.append(token)
+        out_frames.append(frame)
+    return out_tokens, out_frames
+
+
 class GreedyDecoder:
-    """Best-path decoding: argmax per frame, merge repeats, drop blanks."""
+    """Best-path decoding: argmax per frame, merge repeats, drop blanks.
+
+    word_pause_frames > 0: a run of at least that many frames between two characters also ends a
+    word (see WORD_PAUSE_S; `asr decode` and `asr transcribe` set it from the model's frame rate).
+    """
 
     name = "greedy"
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, word_pause_frames: int = 0) -> None:
         self.tokens = _token_list(tokenizer)
+        self.word_pause_frames = int(word_pause_frames)
+        self.space_id = self.tokens.index(SPACE_TOKEN) if SPACE_TOKEN in self.tokens else None
 
     def settings(self) -> dict:
         """The decoder's options, for results files."""
-        return {"decoder": self.name}
+        out = {"decoder": self.name}
+        if self.word_pause_frames > 0:
+            out["word_pause_frames"] = self.word_pause_frames
+        return out
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[Hypothesis]:
         """Decode a batch.
@@ -175,6 +210,8 @@ class GreedyDecoder:
         for b, path in enumerate(paths):
             tokens = [t for t, _ in path]
             token_frames = [f for _, f in path]
+            if self.word_pause_frames > 0 and self.space_id is not None:
+                tokens, token_frames = _split_at_pauses(tokens, token_frames, self.space_id, self.word_pause_frames)
             hyps.append(
                 Hypothesis(
                     text=_text_from_tokens(tokens, self.tokens),
@@ -384,15 +421,17 @@ class BeamSearchDecoder:
 
 
 def build_decoder(name: str, tokenizer, **options):
-    """A decoder by name: "greedy" (no options) or "beam" (options of `BeamSearchDecoder`).
+    """A decoder by name: "greedy" (option: word_pause_frames) or "beam" (options of
+    `BeamSearchDecoder`; word_pause_frames is ignored there).
 
     Options that are None are left at their defaults.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    pause = options.pop("word_pause_frames", 0)
     if name == "greedy":
         if options:
             raise ConfigError(f"the greedy decoder takes no options (got {', '.join(sorted(options))}); use --decoder beam")
-        return GreedyDecoder(tokenizer)
+        return GreedyDecoder(tokenizer, word_pause_frames=pause)
     if name == "beam":
         return BeamSearchDecoder(tokenizer, **options)
     raise ConfigError(f"unknown decoder {name!r}: choose 'greedy' or 'beam'")
@@ -545,7 +584,8 @@ def decode_manifest(
     set_name = set_name or Path(manifest).name.removesuffix(".gz").removesuffix(".jsonl")
     model = InferenceModel.from_checkpoint(checkpoint if checkpoint is not None else exp, device=device)
     dec = build_decoder(decoder, model.tokenizer, lm=lm, lm_weight=lm_weight, word_score=word_score,
-                        beam_size=beam_size, beam_threshold=beam_threshold, lexicon=lexicon)
+                        beam_size=beam_size, beam_threshold=beam_threshold, lexicon=lexicon,
+                        word_pause_frames=word_pause_frames(model.seconds_per_frame))
     out_dir = Path(exp) / "decode" / set_name / decoder_label(decoder, lm)
 
     loader = make_loader(records, model.tokenizer, max_duration, shuffle=False, seed=0,

@@ -422,9 +422,10 @@ class Transcriber:
         (beam: beam_size, beam_threshold, lm (ARPA path), lm_weight, word_score, lexicon).
         """
         from asr.checkpoint import InferenceModel
-        from asr.decode import build_decoder
+        from asr.decode import build_decoder, word_pause_frames
 
         inference = InferenceModel.from_checkpoint(path, device=device)
+        decoder_options.setdefault("word_pause_frames", word_pause_frames(inference.seconds_per_frame))
         return cls(inference, build_decoder(decoder, inference.tokenizer, **decoder_options), chunking)
 
     def transcribe(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,

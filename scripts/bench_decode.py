@@ -12,7 +12,8 @@ warm-up group per decoder is run and not counted.
 
 prints, per decoder: seconds of audio, wall seconds, x real time (audio s / wall s), the part of
 the wall time spent in the model (features + network) and in the search, and the WER against the
-manifest's text.
+manifest's text -- of the median of `--repeat` timed runs, with the range of x real time over them
+(a shared machine's figures vary by tens of percent from run to run).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def groups(durations: list[float], batch_s: float) -> list[list[int]]:
     return out
 
 
-def bench(inference, decoder, waveforms, refs, label: str, batch_s: float) -> dict:
-    """Transcribe every waveform with `decoder`; returns the row of the table."""
+def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repeat: int = 1) -> dict:
+    """Transcribe every waveform with `decoder`, `repeat` times; returns the row of the table for
+    the run with the median wall time, and the range of x real time over the runs."""
     from asr.score import wer_cer
     from asr.transcribe import ChunkingConfig, Transcriber
 
@@ -69,16 +71,21 @@ def bench(inference, decoder, waveforms, refs, label: str, batch_s: float) -> di
     rate = transcriber.sample_rate
     plan = groups([len(w) / rate for w in waveforms], batch_s)
     transcriber.transcribe_waveforms([waveforms[i] for i in plan[0]])  # warm-up, not counted
-    model_time.seconds = search_time.seconds = 0.0
-    hyps = []
-    start = time.perf_counter()
-    for group in plan:
-        hyps.extend(t.text for t in transcriber.transcribe_waveforms([waveforms[i] for i in group]))
-    wall = time.perf_counter() - start
     audio = sum(len(w) for w in waveforms) / transcriber.sample_rate
+    runs = []
+    for _ in range(repeat):
+        model_time.seconds = search_time.seconds = 0.0
+        hyps = []
+        start = time.perf_counter()
+        for group in plan:
+            hyps.extend(t.text for t in transcriber.transcribe_waveforms([waveforms[i] for i in group]))
+        wall = time.perf_counter() - start
+        runs.append((wall, model_time.seconds, search_time.seconds))
+    wall, model_s, search_s = sorted(runs)[len(runs) // 2]
     wer, _ = wer_cer(refs, hyps) if any(refs) else (float("nan"), None)
     return {"decoder": label, "audio_s": audio, "wall_s": wall, "rtfx": audio / wall,
-            "model_s": model_time.seconds, "search_s": search_time.seconds, "wer": wer}
+            "rtfx_range": (audio / max(r[0] for r in runs), audio / min(r[0] for r in runs)),
+            "model_s": model_s, "search_s": search_s, "wer": wer}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,14 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-s", type=float, default=160.0,
                         help="seconds of audio transcribed together (asr transcribe's grouping; default 160)")
     parser.add_argument("--one-by-one", action="store_true", help="transcribe one utterance at a time")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="timed runs per decoder; the median is reported, with the range (default 5)")
+    parser.add_argument("--input-rate", type=int, default=None,
+                        help="first bring each utterance to this sample rate (e.g. 8000: as if recorded at "
+                             "8 kHz), then back to the model's, as reading such a file does (untimed)")
     parser.add_argument("--decoders", default="greedy,beam,beam+lm",
                         help="rows to run, from greedy, beam, beam+lm (beam+lm needs --lm)")
     args = parser.parse_args(argv)
 
-    from asr.audio import load_audio
+    from asr.audio import load_audio, resample
     from asr.checkpoint import InferenceModel, resolve_checkpoint
     from asr.data.manifest import read_manifest
-    from asr.decode import build_decoder
+    from asr.decode import build_decoder, word_pause_frames
     from asr.errors import AsrError
     from asr.model import count_parameters
 
@@ -111,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         records = read_manifest(args.manifest)[: args.max_utts]
         if not records:
             raise AsrError(f"{args.manifest}: no utterances")
-        waveforms = [load_audio(r["audio"], inference.sample_rate) for r in records]
+        rate = args.input_rate or inference.sample_rate
+        waveforms = [resample(load_audio(r["audio"], rate), rate, inference.sample_rate) for r in records]
         refs = [r.get("text", "") for r in records]
         rows = []
         for label in args.decoders.split(","):
             if label == "greedy":
-                decoder = build_decoder("greedy", inference.tokenizer)
+                decoder = build_decoder("greedy", inference.tokenizer,
+                                        word_pause_frames=word_pause_frames(inference.seconds_per_frame))
             elif label == "beam":
                 decoder = build_decoder("beam", inference.tokenizer, beam_size=args.beam_size)
             elif label == "beam+lm":
@@ -127,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                                         lm_weight=args.lm_weight, word_score=args.word_score)
             else:
                 raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
-            rows.append(bench(inference, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s))
+            rows.append(bench(inference, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s,
+                              max(1, args.repeat)))
     except AsrError as err:
         print(f"bench_decode: error: {err}", file=sys.stderr)
         return 1
@@ -137,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{'bi' if config.bidirectional else 'uni'}directional, subsample {config.subsample}, "
           f"{count_parameters(inference.model) / 1e6:.2f}M parameters; {len(records)} utterances; "
           f"torch threads {torch.get_num_threads()}; "
-          f"{'one at a time' if args.one_by_one else f'groups of {args.batch_s:g} s'}; beam size {args.beam_size}"
+          f"{'one at a time' if args.one_by_one else f'groups of {args.batch_s:g} s'}; beam size {args.beam_size}; "
+          f"median of {args.repeat} runs"
+          + (f"; audio through {args.input_rate} Hz" if args.input_rate else "")
           + (f"; LM {args.lm} (weight {args.lm_weight}, word score {args.word_score})" if args.lm else ""))
-    header = (f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'model s':>8} "
+    header = (f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'(range)':>11} {'model s':>8} "
               f"{'search s':>9} {'WER %':>7}")
     print(header)
     print("-" * len(header))
     for row in rows:
+        low, high = row["rtfx_range"]
         print(f"{row['decoder']:<10} {row['audio_s']:>9.1f} {row['wall_s']:>8.2f} {row['rtfx']:>12.0f} "
+              f"{f'{low:.0f}-{high:.0f}':>11} "
               f"{row['model_s']:>8.2f} {row['search_s']:>9.2f} {100 * row['wer']:>7.2f}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode import GreedyDecoder, greedy_decode, word_spans
+from asr.decode import GreedyDecoder, build_decoder, greedy_decode, word_pause_frames, word_spans
 
 TOKENS = ["<blank>", "|", "'", "A", "B", "C", "D", "E", "O", "T"]
 
@@ -45,6 +45,21 @@ def test_greedy_hand_built_repeats_and_blanks():
     assert hyps[1].text == "E" and hyps[1].token_frames == [2]
 
 
+def test_greedy_ends_a_word_at_a_long_pause():
+    # "AB" with a 6-frame silence between A and B, then "|C": a pause of >= 6 frames splits AB.
+    path = [3, 0, 0, 0, 0, 0, 4, 1, 5]
+    log_probs = one_hot_log_probs([path], len(TOKENS), 10)
+    lengths = torch.tensor([9])
+    assert GreedyDecoder(TOKENS).decode(log_probs, lengths)[0].text == "AB C"
+    assert GreedyDecoder(TOKENS, word_pause_frames=7).decode(log_probs, lengths)[0].text == "AB C"
+    hyp = GreedyDecoder(TOKENS, word_pause_frames=6).decode(log_probs, lengths)[0]
+    assert hyp.text == "A B C"
+    assert [(w.word, w.start_frame, w.end_frame) for w in hyp.words] == [("A", 0, 1), ("B", 6, 7), ("C", 8, 9)]
+    assert GreedyDecoder(TOKENS, word_pause_frames=6).settings() == {"decoder": "greedy", "word_pause_frames": 6}
+    assert build_decoder("greedy", TOKENS, word_pause_frames=6).word_pause_frames == 6
+    assert word_pause_frames(0.04) == 12 and word_pause_frames(0.01, 0.5) == 50
+
+
 def test_greedy_matches_naive_on_random_inputs():
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -75,7 +90,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from asr.decode import BeamSearchDecoder, build_decoder, load_tuned, tune_weights  # noqa: E402
+from asr.decode import BeamSearchDecoder, load_tuned, tune_weights  # noqa: E402
 from asr.errors import ConfigError, DataError  # noqa: E402
 from asr.lm import build_lm  # noqa: E402
 
@@ -242,7 +257,7 @@ def test_decode_manifest_greedy_and_tuned_beam(tmp_path, cat_lm, capsys):
     rescored = score_files(out / "ref.txt", out / "hyp.txt")["systems"][0]
     assert written["wer"] == pytest.approx(rescored["wer"]) and written["cer"] == pytest.approx(rescored["cer"])
     assert written["utterances"] == 4 and written["ref_words"] == 11
-    assert written["decoder_settings"] == {"decoder": "greedy"} and written["rtf"] > 0
+    assert written["decoder_settings"] == {"decoder": "greedy", "word_pause_frames": 25} and written["rtf"] > 0
     assert "PER-UTTERANCE" in (out / "report.txt").read_text()
 
     # tune on "dev", reuse on another set through the CLI
