@@ -1,6 +1,7 @@
-"""Transcribe awkward inputs end to end and check the word times: an 8 kHz mono WAV, a 44.1 kHz
-stereo 24-bit WAV and a long FLAC, all built from a corpus's test utterances (whose transcripts
-are known), through `asr.transcribe` as a user would run it.
+"""Transcribe awkward inputs end to end and check the word times: an 8 kHz mono WAV and a 44.1 kHz
+stereo 24-bit WAV (with the same speech at 16 kHz beside them, for comparison) and a long FLAC, all
+built from a corpus's test utterances (whose transcripts are known), through `asr.transcribe` as a
+user would run it.
 
     python scripts/check_transcribe.py --model recipes/synthetic/exp/demo \
         --corpus recipes/synthetic/data/corpus/test --minutes 30 [--lm LM --tuned-from tuned.json]
@@ -46,24 +47,34 @@ def read_test_utterances(corpus: Path) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def build_inputs(utterances, folder: Path, minutes: float) -> dict[Path, str]:
-    """Write the three files; return {path: reference text}."""
-    audio, text = utterances[0]
-    narrow = resample(torch.from_numpy(audio), RATE, 8000).numpy()
-    soundfile.write(folder / "narrowband_8k.wav", narrow, 8000, subtype="PCM_16")
-    wide = resample(torch.from_numpy(audio), RATE, 44100).numpy()
-    soundfile.write(folder / "stereo_44k.wav", np.stack([wide, 0.8 * wide], axis=1), 44100, subtype="PCM_24")
-    rng = np.random.default_rng(0)
+def concatenate(utterances, seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Utterances in order (cycling) with 0.6 s of quiet room noise after each, until `seconds`
+    of audio: (16 kHz waveform, reference text)."""
+    rng = np.random.default_rng(seed)
     pieces, refs, total, i = [], [], 0.0, 0
-    while total < minutes * 60:
+    while total < seconds:
         utt_audio, utt_text = utterances[i % len(utterances)]
-        gap = (1e-4 * rng.standard_normal(int(0.6 * RATE))).astype(np.float32)  # quiet room noise
+        gap = (1e-4 * rng.standard_normal(int(0.6 * RATE))).astype(np.float32)
         pieces += [utt_audio, gap]
         refs.append(utt_text)
         total += (len(utt_audio) + len(gap)) / RATE
         i += 1
-    soundfile.write(folder / "long.flac", np.concatenate(pieces), RATE, subtype="PCM_16")
-    return {folder / "narrowband_8k.wav": text, folder / "stereo_44k.wav": text, folder / "long.flac": " ".join(refs)}
+    return np.concatenate(pieces), " ".join(refs)
+
+
+def build_inputs(utterances, folder: Path, minutes: float, short_minutes: float) -> dict[Path, str]:
+    """Write the four files; return {path: reference text}. The 16, 8 and 44.1 kHz files hold the
+    same `short_minutes` of speech, so their WERs compare."""
+    audio, text = concatenate(utterances, short_minutes * 60)
+    soundfile.write(folder / "same_16k.flac", audio, RATE, subtype="PCM_16")
+    narrow = resample(torch.from_numpy(audio), RATE, 8000).numpy()
+    soundfile.write(folder / "narrowband_8k.wav", narrow, 8000, subtype="PCM_16")
+    wide = resample(torch.from_numpy(audio), RATE, 44100).numpy()
+    soundfile.write(folder / "stereo_44k.wav", np.stack([wide, 0.8 * wide], axis=1), 44100, subtype="PCM_24")
+    long_audio, long_text = concatenate(utterances, minutes * 60)
+    soundfile.write(folder / "long.flac", long_audio, RATE, subtype="PCM_16")
+    return {folder / "same_16k.flac": text, folder / "narrowband_8k.wav": text, folder / "stereo_44k.wav": text,
+            folder / "long.flac": long_text}
 
 
 def main() -> int:
@@ -71,6 +82,8 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="checkpoint or experiment folder")
     parser.add_argument("--corpus", required=True, help="a LibriSpeech-layout subset folder (e.g. .../corpus/test)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the long file (default 30)")
+    parser.add_argument("--short-minutes", type=float, default=3.0,
+                        help="length of the 16 kHz, 8 kHz and 44.1 kHz stereo files (default 3)")
     parser.add_argument("--lm", help="beam search with this word LM (else greedy)")
     parser.add_argument("--tuned-from", help="LM weight and word score from asr decode --tune")
     args = parser.parse_args()
@@ -80,7 +93,8 @@ def main() -> int:
         options = dict(lm=args.lm, **(load_tuned(args.tuned_from) if args.tuned_from else {}))
     transcriber = Transcriber.from_checkpoint(args.model, decoder="beam" if args.lm else "greedy", **options)
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = build_inputs(read_test_utterances(Path(args.corpus)), Path(tmp), args.minutes)
+        inputs = build_inputs(read_test_utterances(Path(args.corpus)), Path(tmp), args.minutes,
+                              args.short_minutes)
         all_ok = True
         for path, ref in inputs.items():
             info = soundfile.info(path)
