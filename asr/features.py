@@ -1,4 +1,5 @@
-"""Features: Kaldi-compatible fbank and MFCC computed in batch, global CMVN, SpecAugment.
+"""Features: Kaldi-compatible fbank and MFCC computed in batch, global CMVN, SpecAugment and narrow-band
+augmentation.
 
 `compute_features` re-implements Kaldi's `compute-fbank-feats` / `compute-mfcc-feats` arithmetic
 (as in `torchaudio.compliance.kaldi.fbank` / `.mfcc`) for a whole padded batch at once, on the
@@ -14,7 +15,8 @@ works on int16-range samples, so the features are those of `waveform * 32768`: t
 `torchaudio.compliance.kaldi.fbank(waveform * 32768, ...)` within 1e-3. The factor is folded into
 the window (a power of two, so it is exact), and `dither` is in int16 units as in Kaldi.
 
-Typical use in training: features -> `GlobalCMVN` -> `SpecAugment` (train only) -> model.
+Typical use in training: `Narrowband` (waveforms, train only) -> features -> `GlobalCMVN` ->
+`SpecAugment` (train only) -> model.
 """
 
 from __future__ import annotations
