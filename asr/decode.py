@@ -155,7 +155,8 @@ def word_pause_frames(seconds_per_frame: float, pause_s: float = WORD_PAUSE_S) -
     return max(1, round(pause_s / seconds_per_frame))
 
 
-def _split_at_pauses(tokens: list[int], frames: list[int], space_id: int, pause_frames: int) -> tuple[list[int], list[int]]:
+def _split_at_pauses(tokens: list[int], frames: list[int], space_id: int,
+                     pause_frames: int) -> tuple[list[int], list[int]]:
     """Insert a word separator between two characters emitted `pause_frames` or more frames apart."""
     out_tokens: list[int] = []
     out_frames: list[int] = []

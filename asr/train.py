@@ -1087,7 +1087,8 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     trainer = Trainer(config=config, runtime=runtime, exp_dir=exp_dir, model=wrapped, raw_model=model,
                       model_config=model_config, tokenizer=tokenizer, cmvn=cmvn,
                       specaug=SpecAugment(config.specaug).to(runtime.device),
-                      narrowband=Narrowband(config.narrowband, config.features.sample_rate), optimizer=optimizer, scaler=scaler,
+                      narrowband=Narrowband(config.narrowband, config.features.sample_rate),
+                      optimizer=optimizer, scaler=scaler,
                       train_loader=train_loader, valid_loader=valid_loader, decay_steps=decay_steps,
                       metrics=MetricsLog(exp_dir, False, 0))
     # Per-rank dropout, SpecAugment and narrow-band streams (rank 0 keeps the single-process stream).

@@ -144,7 +144,8 @@ def _frame_rms_by_hops(waveform: np.ndarray, frame_length: int, hop_length: int,
         first = lead + start // hop_length
         count = min(whole // hop_length, hops - first)
         if count > 0:
-            energy[first : first + count] = np.square(piece[: count * hop_length]).reshape(count, hop_length).sum(axis=1)
+            squares = np.square(piece[: count * hop_length])
+            energy[first : first + count] = squares.reshape(count, hop_length).sum(axis=1)
         if whole < piece.shape[0] and first + whole // hop_length < hops:  # a last, partial hop
             energy[first + whole // hop_length] = np.square(piece[whole:]).sum()
     running = np.concatenate([[0.0], np.cumsum(energy)])
