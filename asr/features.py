@@ -279,8 +279,8 @@ def _blocks(frame_lengths: Tensor, total: int, device: torch.device) -> list[tup
     if device.type != "cpu":
         return [(slice(0, batch), slice(0, total))]
     lengths = frame_lengths.tolist()
-    step = max(1, min(total, CPU_BLOCK_FRAMES))
-    rows_per_block = max(1, CPU_BLOCK_FRAMES // total) if total <= CPU_BLOCK_FRAMES else 1
+    step = min(total, CPU_BLOCK_FRAMES)  # total >= 1 here
+    rows_per_block = max(1, CPU_BLOCK_FRAMES // total)
     out = []
     for first in range(0, batch, rows_per_block):
         rows = slice(first, min(batch, first + rows_per_block))
