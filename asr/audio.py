@@ -6,8 +6,8 @@ divided by their full scale, e.g. 32768 for 16-bit), several channels are averag
 the result is resampled with `torchaudio.functional.resample` when the file's rate differs from
 the one requested. `torchaudio.load` is deliberately not used: it needs torchcodec and FFmpeg.
 
-Every problem a user can fix (a missing, empty, truncated or undecodable file, a segment outside
-the file) raises `AudioError` with the file's path in the message.
+Every problem a user can fix (a missing, empty, truncated or undecodable file, NaN or infinite
+samples, a segment outside the file) raises `AudioError` with the file's path in the message.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def load_audio(
     the end of the file is cut at the end; one that starts at or past the end is an error.
     Channels are averaged; the result is resampled when the file's rate differs from `sample_rate`.
 
-    Raises AudioError naming the file when it is missing, empty, truncated or cannot be decoded.
+    Raises AudioError naming the file when it is missing, empty, truncated, cannot be decoded, or
+    holds NaN or infinite samples (a float file can).
     """
     info = audio_info(path)
     if offset < 0 or (duration is not None and duration < 0):
@@ -114,8 +115,24 @@ def load_audio(
         mono = samples[:, 0]
     else:
         mono = samples.mean(axis=1, dtype=np.float32)
+    _check_finite(path, mono, info.sample_rate, start)
     waveform = torch.from_numpy(np.ascontiguousarray(mono))
     return resample(waveform, info.sample_rate, sample_rate)
+
+
+def _check_finite(path: str | os.PathLike, samples: np.ndarray, sample_rate: int, start: int) -> None:
+    """AudioError naming the file when `samples` (read from sample `start` on) hold NaN or infinity.
+
+    Only float files can hold them; one such sample turns every statistic computed from the
+    file (CMVN, the silence detector's levels, the loss) into NaN, so it is refused where it is read.
+    """
+    finite = np.isfinite(samples)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    first = (start + int(bad[0])) / sample_rate
+    raise AudioError(f"{path}: {bad.size} sample(s) are NaN or infinite (the first at {first:.3f} s); "
+                     "the file is corrupt, re-export or remove it")
 
 
 def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:

@@ -143,3 +143,25 @@ def test_offset_past_end(tmp_path):
     soundfile.write(path, _signal(1600, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
     message = _assert_names_file(path, lambda p: load_audio(p, offset=2.0))
     assert "past the end" in message
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_non_finite_samples_are_refused(tmp_path, bad, subtype):
+    samples = _signal(16000, SAMPLE_RATE)
+    samples[8000] = bad
+    path = tmp_path / "bad.wav"
+    soundfile.write(path, samples, SAMPLE_RATE, subtype=subtype)
+    message = _assert_names_file(path)
+    assert "NaN or infinite" in message and "0.500 s" in message
+    # A segment that leaves the bad sample out reads; one that holds it names the file.
+    assert load_audio(path, duration=0.4).shape == (6400,)
+    assert "0.500 s" in _assert_names_file(path, lambda p: load_audio(p, offset=0.25, duration=0.5))
+
+
+def test_non_finite_stereo_and_resampled(tmp_path):
+    samples = np.stack([_signal(8000, 8000), _signal(8000, 8000, seed=1)], axis=1)
+    samples[100, 1] = math.nan  # one channel only: the mono average is NaN too
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, samples, 8000, subtype="FLOAT")
+    _assert_names_file(path)
