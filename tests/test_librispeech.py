@@ -127,7 +127,7 @@ def test_resume_existing_part_file(tmp_path, server):
     # Interrupted for good: the .part is kept and the error says so.
     server.cut["/g.bin"] = 100
     server.files["/g.bin"] = body
-    with pytest.raises(DataError, match=r"g\.bin\.part is kept, rerun to resume"):
+    with pytest.raises(DataError, match=r"g\.bin\.part is kept \(100 bytes\), rerun to resume"):
         download_file(f"{server.url}/g.bin", tmp_path / "g.bin", retries=0)
     assert (tmp_path / "g.bin.part").read_bytes() == body[:100]
 
@@ -197,7 +197,7 @@ def test_extract_refuses_writing_through_extracted_symlink(tmp_path):
         tar.addfile(escaped, io.BytesIO(b"x"))
     with pytest.raises(DataError, match="refusing tar member 'LibriSpeech/l2'"):
         extract_archive(path, tmp_path / "dest")
-    assert (tmp_path / "dest" / "LibriSpeech" / "up").is_symlink()
+    assert list((tmp_path / "dest").iterdir()) == []  # the link extracted before the refusal is gone too
     assert not (tmp_path / "escaped.txt").exists()
 
 

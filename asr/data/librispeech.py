@@ -22,14 +22,17 @@ listed in `<manifest>.problems.txt`.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import http.client
 import os
 import posixpath
+import shutil
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,7 +41,7 @@ from tqdm import tqdm
 
 from asr.data.manifest import write_manifest
 from asr.errors import AudioError, DataError
-from asr.fileio import atomic_write_text
+from asr.fileio import atomic_write_text, read_text
 from asr.text import normalize_text
 
 OPENSLR_BASE_URL = "https://www.openslr.org/resources"
@@ -150,16 +153,23 @@ def download_file(
             break
         except _Interrupted as err:
             if attempt == retries:
-                raise DataError(
-                    f"{url}: download interrupted ({err}) after {retries + 1} attempts; "
-                    f"{part} is kept, rerun to resume"
-                ) from None
+                raise DataError(f"{url}: download interrupted ({err}) after {retries + 1} attempts; "
+                                + _part_note(part)) from None
             time.sleep(retry_wait * (attempt + 1))
     if md5 is not None:
         _check_md5(part, md5, digest, url)
     os.replace(part, dest)
     atomic_write_text(marker, f"{digest}  {dest.name}\n")
     return dest
+
+
+def _part_note(part: Path) -> str:
+    """What a failed download left: the bytes kept for a resume, or nothing (an empty `.part` is removed)."""
+    size = part.stat().st_size if part.exists() else 0
+    if size:
+        return f"{part} is kept ({size} bytes), rerun to resume"
+    part.unlink(missing_ok=True)
+    return "nothing was downloaded; check the URL, the mirror or the network and rerun"
 
 
 class _Interrupted(Exception):
@@ -246,12 +256,17 @@ def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
 
 
 def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """Extract a tar archive (any compression tarfile reads) into `dest_dir`, safely.
+    """Extract a tar archive (any compression tarfile reads) into `dest_dir`, safely and whole.
 
     Every member is checked before it is written: an absolute path, a `..` component, a path
-    through an extracted link, or a link pointing outside `dest_dir` raises `DataError` naming the
-    member. `dest_dir/.<archive name>.done` marks a finished extraction; with it present the call
-    does nothing. Returns `dest_dir`.
+    through an extracted link, or a link pointing outside the target raises `DataError` naming
+    the member. Members go to a temporary sibling `dest_dir/.<archive name>.extracting/` (removed
+    first if a killed run left one); only when the last member is out are its entries moved into
+    `dest_dir` (a folder that is not there yet, e.g. `LibriSpeech/<subset>`, in one rename), then
+    `dest_dir/.<archive name>.done` is written. A failure part-way (corrupt or cut archive, disk
+    full, a refused member) removes the temporary folder: nothing of the archive is left in
+    `dest_dir`, and a rerun starts afresh. With the marker present the call does nothing.
+    Returns `dest_dir`.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     marker = dest_dir / f".{archive.name}.done"
@@ -259,18 +274,47 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
         return dest_dir
     if not archive.is_file():
         raise DataError(f"archive not found: {archive}")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(dest_dir)
-    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    staging = dest_dir / f".{archive.name}.extracting"
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tqdm(tar, desc=f"extract {archive.name}", unit=" files", disable=None, leave=False):
-                _check_member(member, root, archive)
-                tar.extract(member, root, **extra)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise DataError(f"{archive}: cannot extract: {err}") from None
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _extract_members(archive, staging)
+        _move_into(staging, dest_dir)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(f"{archive}: cannot extract ({err}); nothing was extracted. If the archive is corrupt, "
+                        f"delete it and {_done_marker(archive).name} beside it to download it again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(marker, f"{archive.name}\n")
     return dest_dir
+
+
+def _extract_members(archive: Path, staging: Path) -> None:
+    """Check and extract every member of `archive` under the empty folder `staging`."""
+    root = os.path.realpath(staging)
+    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tqdm(tar, desc=f"extract {archive.name}", unit=" files", disable=None, leave=False):
+            _check_member(member, root, archive)
+            tar.extract(member, root, **extra)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Move the entries of folder `source` into folder `target`: an entry absent from `target` in
+    one rename, a folder present in both entry by entry, a file replacing a file of its name."""
+    for entry in sorted(source.iterdir()):
+        goal = target / entry.name
+        if entry.is_dir() and not entry.is_symlink() and goal.is_dir():
+            _move_into(entry, goal)
+            continue
+        if goal.is_dir() and not goal.is_symlink():
+            raise DataError(f"{goal}: a folder is in the way of the archive's file {entry.name}; move it away")
+        try:
+            os.replace(entry, goal)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            shutil.move(entry, goal)  # `target` reaches another file system through a link
 
 
 # --- preparation -----------------------------------------------------------------------------
@@ -300,16 +344,38 @@ class PrepareSummary:
     missing_transcript: int  # audio files with no transcript line
     other_problems: int  # unreadable audio, empty normalised text, duplicate ids
     problems_file: Path | None  # `<manifest>.problems.txt`, None when there was nothing to report
+    odd_characters: str = ""  # characters of the texts other than A-Z, ' and space, sorted
+    odd_utterances: int = 0  # records whose text holds one of them
 
     def format(self) -> str:
-        """One line (two with problems) for a person."""
+        """One line for a person, plus one with problems and one warning of odd characters."""
         text = (f"{self.name}: {self.utterances} utterances, {self.hours:.2f} h, "
                 f"{self.speakers} speakers -> {self.manifest}")
         if self.problems_file is not None:
             text += (f"\n{self.name}: {self.missing_audio} transcript lines without audio, "
                      f"{self.missing_transcript} audio files without transcript, "
                      f"{self.other_problems} other problems; listed in {self.problems_file}")
+        if self.odd_characters:
+            shown = " ".join(self.odd_characters[:30]) + (" ..." if len(self.odd_characters) > 30 else "")
+            text += (f"\n{self.name}: warning: {self.manifest}: {self.odd_utterances} transcript(s) hold characters "
+                     f"other than A-Z, ' and space: {shown} (digits, non-Latin letters); training would make "
+                     "each a token of its own: spell them out or fix the transcripts")
         return text
+
+
+LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")  # what LibriSpeech-style text is made of
+
+
+def odd_characters(records: Sequence[dict]) -> tuple[str, int]:
+    """(the characters of the records' texts outside `LETTERS`, sorted; how many records hold one)."""
+    odd: set[str] = set()
+    count = 0
+    for record in records:
+        extra = set(record["text"]) - LETTERS
+        if extra:
+            odd |= extra
+            count += 1
+    return "".join(sorted(odd)), count
 
 
 def audio_extensions() -> frozenset[str]:
@@ -340,16 +406,15 @@ def _prepare_chapter(chapter_dir: Path, extensions: frozenset[str]) -> tuple[lis
     transcripts: dict[str, tuple[str, str]] = {}  # id -> (raw text, "file:line")
     for path in sorted(chapter_dir.iterdir()):
         if path.name.endswith(".trans.txt"):
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    fields = line.split(maxsplit=1)
-                    if not fields:
-                        continue
-                    where = f"{path}:{number}"
-                    if fields[0] in transcripts:
-                        problems.append(Problem("duplicate", fields[0], where, "transcript line repeated"))
-                        continue
-                    transcripts[fields[0]] = (fields[1] if len(fields) > 1 else "", where)
+            for number, line in enumerate(_transcript_lines(path), 1):
+                fields = line.split(maxsplit=1)
+                if not fields:
+                    continue
+                where = f"{path}:{number}"
+                if fields[0] in transcripts:
+                    problems.append(Problem("duplicate", fields[0], where, "transcript line repeated"))
+                    continue
+                transcripts[fields[0]] = (fields[1] if len(fields) > 1 else "", where)
         elif path.suffix[1:].lower() in extensions and path.is_file():
             if path.stem in audio:
                 problems.append(Problem("duplicate", path.stem, str(path), f"also {audio[path.stem].name}"))
@@ -376,6 +441,11 @@ def _prepare_chapter(chapter_dir: Path, extensions: frozenset[str]) -> tuple[lis
     problems.extend(Problem("missing-transcript", utt, str(path)) for utt, path in audio.items()
                     if utt not in transcripts)
     return records, problems
+
+
+def _transcript_lines(path: Path) -> list[str]:
+    """The lines of a `*.trans.txt`; DataError naming the file and line when one is not UTF-8."""
+    return read_text(path, "transcript").split("\n")
 
 
 def _prepare_chapter_star(job: tuple[Path, frozenset[str]]) -> tuple[list[dict], list[Problem]]:
@@ -409,12 +479,42 @@ def prepare_corpus(
     if not chapters:
         raise DataError(f"{subset_dir}: no <speaker>/<chapter>/ folders (expected LibriSpeech layout "
                         "<subset>/<speaker>/<chapter>/*.flac + <speaker>-<chapter>.trans.txt)")
+    records, problems = _prepare_chapters(chapters, num_workers, subset_dir.name)
+    records = _drop_duplicate_ids(records, problems)
+
+    manifest_dir = os.path.realpath(manifest_path.parent if str(manifest_path.parent) else ".")
+    for record in records:
+        record["audio"] = os.path.relpath(os.path.realpath(record["audio"]), manifest_dir)
+    problems_file = _write_problems(manifest_path, problems)
+    if not records:
+        where = f"; see {problems_file}" if problems_file else ""
+        raise DataError(f"{subset_dir}: no utterance has both audio and a transcript{where}")
+
+    write_manifest(manifest_path, records)
+    counts = {kind: sum(p.kind == kind for p in problems) for kind in ("missing-audio", "missing-transcript")}
+    odd, odd_count = odd_characters(records)
+    return PrepareSummary(
+        name=subset_dir.name,
+        manifest=manifest_path,
+        utterances=len(records),
+        hours=sum(r["duration"] for r in records) / 3600.0,
+        speakers=len({r["speaker"] for r in records}),
+        missing_audio=counts["missing-audio"],
+        missing_transcript=counts["missing-transcript"],
+        other_problems=len(problems) - sum(counts.values()),
+        problems_file=problems_file,
+        odd_characters=odd,
+        odd_utterances=odd_count,
+    )
+
+
+def _prepare_chapters(chapters: Sequence[Path], num_workers: int | None, name: str) -> tuple[list[dict], list[Problem]]:
+    """Records and problems of every chapter, by a pool of `num_workers` processes (0 or 1: here)."""
     workers = default_num_workers() if num_workers is None else num_workers
     jobs = [(chapter, audio_extensions()) for chapter in chapters]
     records: list[dict] = []
     problems: list[Problem] = []
-    bar = tqdm(total=len(jobs), desc=f"prepare {subset_dir.name}", unit=" chapters", disable=None, leave=False)
-    with bar:
+    with tqdm(total=len(jobs), desc=f"prepare {name}", unit=" chapters", disable=None, leave=False) as bar:
         if workers <= 1:
             results: Iterable = map(_prepare_chapter_star, jobs)
             pool = None
@@ -429,7 +529,11 @@ def prepare_corpus(
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+    return records, problems
 
+
+def _drop_duplicate_ids(records: list[dict], problems: list[Problem]) -> list[dict]:
+    """`records` sorted by id, each id once; the later ones are added to `problems`."""
     records.sort(key=lambda r: r["id"])
     seen: set[str] = set()
     unique = []
@@ -439,29 +543,7 @@ def prepare_corpus(
         else:
             seen.add(record["id"])
             unique.append(record)
-    records = unique
-
-    manifest_dir = os.path.realpath(manifest_path.parent if str(manifest_path.parent) else ".")
-    for record in records:
-        record["audio"] = os.path.relpath(os.path.realpath(record["audio"]), manifest_dir)
-    problems_file = _write_problems(manifest_path, problems)
-    if not records:
-        where = f"; see {problems_file}" if problems_file else ""
-        raise DataError(f"{subset_dir}: no utterance has both audio and a transcript{where}")
-
-    write_manifest(manifest_path, records)
-    counts = {kind: sum(p.kind == kind for p in problems) for kind in ("missing-audio", "missing-transcript")}
-    return PrepareSummary(
-        name=subset_dir.name,
-        manifest=manifest_path,
-        utterances=len(records),
-        hours=sum(r["duration"] for r in records) / 3600.0,
-        speakers=len({r["speaker"] for r in records}),
-        missing_audio=counts["missing-audio"],
-        missing_transcript=counts["missing-transcript"],
-        other_problems=len(problems) - sum(counts.values()),
-        problems_file=problems_file,
-    )
+    return unique
 
 
 def _write_problems(manifest_path: Path, problems: Sequence[Problem]) -> Path | None:
@@ -482,6 +564,16 @@ def find_subset_dir(data_dir: str | os.PathLike, subset: str) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def _check_extraction_finished(data_dir: Path, subset: str, subset_dir: Path) -> None:
+    """DataError when `subset_dir` may be what an extraction that did not finish left behind: the
+    archive was downloaded here but its `.done` marker is missing (a partial folder would give a
+    manifest of part of the subset). A folder extracted by hand, with no archive here, is trusted."""
+    archive = data_dir / "downloads" / f"{subset}.tar.gz"
+    if archive.exists() and not (data_dir / f".{archive.name}.done").exists():
+        raise DataError(f"{subset_dir}: its extraction from {archive} did not finish (no "
+                        f"{data_dir / f'.{archive.name}.done'}); rerun with --download to extract it again")
 
 
 def download_subset(
@@ -511,26 +603,32 @@ def prepare_librispeech(
     mirror: str | None = None,
     manifest_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
+    md5_overrides: dict[str, str] | None = None,
 ) -> list[PrepareSummary]:
     """Optionally download/extract LibriSpeech subsets, then write one manifest per subset.
 
     Folders: archives in `<data_dir>/downloads/`, audio in `<data_dir>/LibriSpeech/<subset>/`
     (or an existing `<data_dir>/<subset>/`), manifests in `<manifest_dir>/<subset>.jsonl`
-    (default `<data_dir>/manifests/`). Without `download`, a missing subset folder is a DataError.
+    (default `<data_dir>/manifests/`). Without `download`, a missing subset folder is a DataError,
+    and so is one whose extraction did not finish. `md5_overrides` maps a subset name to the MD5
+    of its archive on `mirror` (as in `download_librispeech`).
     """
     data_dir = Path(data_dir)
     if not download:
         for subset in subsets:  # fail before any work when a folder is missing
-            if find_subset_dir(data_dir, subset) is None:
+            subset_dir = find_subset_dir(data_dir, subset)
+            if subset_dir is None:
                 raise DataError(f"{data_dir / 'LibriSpeech' / subset} not found; pass --download, "
                                 f"or extract {subset}.tar.gz into {data_dir}")
+            _check_extraction_finished(data_dir, subset, subset_dir)
     else:
         for subset in subsets:
             subset_info(subset)
     manifest_dir = Path(manifest_dir) if manifest_dir is not None else data_dir / "manifests"
     summaries = []
     for subset in subsets:
-        subset_dir = download_subset(subset, data_dir, mirror) if download else find_subset_dir(data_dir, subset)
+        subset_dir = (download_subset(subset, data_dir, mirror, (md5_overrides or {}).get(subset)) if download
+                      else find_subset_dir(data_dir, subset))
         summaries.append(prepare_corpus(subset_dir, manifest_dir / f"{subset}.jsonl", num_workers))
     return summaries
 
