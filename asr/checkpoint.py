@@ -13,21 +13,19 @@ Only plain Python values and tensors are stored (RNG states as tensors and lists
 objects), so loading never runs pickled code.
 
 Experiment layout: `exp/checkpoints/{step-N.pt, last.pt, best.pt, avg-K.pt}`.
+`asr.inference.InferenceModel` turns a checkpoint into a runnable model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import re
 import zipfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor
 
 from asr.errors import DataError
 from asr.fileio import atomic_torch_save
@@ -46,16 +44,33 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint onto the CPU with `weights_only=True`.
 
-    Raises DataError naming the file when it is missing, truncated or not a checkpoint.
+    Raises DataError naming the file when it is missing, truncated or not a checkpoint, and when
+    its pickle names anything but tensors and plain values (loading it could run code): such a
+    file is refused, never loaded another way.
     """
+    import warnings
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: not a readable checkpoint ({first})") from err
+        with warnings.catch_warnings():  # e.g. torch's "Detected pickle protocol 4" on a foreign file
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:  # the file is there but cannot be read (permission, I/O error)
+        raise DataError(f"{path}: cannot read checkpoint: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 - whatever the bytes make torch.load raise (IndexError, KeyError, ...)
+        text = str(err)
+        unsafe = re.search(r"GLOBAL (\S+)", text) if isinstance(err, pickle.UnpicklingError) else None
+        if unsafe:
+            raise DataError(f"{path}: not a safe asr checkpoint: its pickle imports {unsafe.group(1)}, which could "
+                            "run code when loaded; refused (asr checkpoints hold only tensors and plain values)") from None
+        # torch's weights_only message opens with advice to retry unsafely: keep only the reason.
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        first = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]
+        if not detail:
+            first = type(err).__name__ if not first or "weights_only" in first else f"{type(err).__name__}: {first}"
+        raise DataError(f"{path}: not an asr checkpoint, the file cannot be read as one ({first})") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise DataError(f"{path}: not an asr checkpoint (no 'model' entry)")
     return payload
@@ -86,6 +101,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise DataError(f"{path}: no checkpoint found (looked for avg-*.pt, best.pt, last.pt in {folder})")
+
+
+def model_payload(model: torch.nn.Module, model_config, feature_config, tokens: list[str], cmvn, step: int,
+                  epoch: int, valid: dict | None) -> dict:
+    """The checkpoint entries that inference needs (what best.pt and avg-K.pt hold), from the
+    trained model, its configs (dataclasses), tokens and `GlobalCMVN`."""
+    from asr.config import to_dict
+
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": to_dict(model_config),
+        "feature_config": to_dict(feature_config),
+        "tokens": list(tokens),
+        "cmvn": cmvn.to_dict(),
+        "step": step,
+        "epoch": epoch,
+        "valid": valid,
+    }
 
 
 def inference_payload(payload: dict) -> dict:
@@ -142,115 +175,3 @@ def average_experiment(exp_dir: str | os.PathLike, last: int) -> tuple[Path, lis
     out = checkpoint_dir / f"avg-{last}.pt"
     save_checkpoint(out, average_checkpoints(chosen))
     return out, chosen
-
-
-def featurize(
-    waveforms: Tensor,
-    wave_lengths: Tensor,
-    feature_config,
-    cmvn: torch.nn.Module,
-    specaug: torch.nn.Module | None = None,
-    narrowband: torch.nn.Module | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The model's input, computed in batch on the waveforms' device, in float32.
-
-    waveforms (B, samples), wave_lengths (B,) -> features (B, frames, dim), frame_lengths (B,).
-    Narrow-band augmentation (if given) -> features -> global CMVN -> SpecAugment (if given); both
-    augmentations act only in training mode. Training and inference share this function so that
-    they cannot drift apart.
-    """
-    from asr.features import compute_features
-
-    waveforms = waveforms.float()
-    if narrowband is not None:
-        waveforms = narrowband(waveforms, wave_lengths)
-    features, frame_lengths = compute_features(waveforms, wave_lengths, feature_config)
-    features = cmvn(features, frame_lengths)
-    if specaug is not None:
-        features = specaug(features, frame_lengths)
-    return features, frame_lengths
-
-
-def autocast_context(device: torch.device, amp: str):
-    """Autocast for `amp` ("bf16" | "fp16" | "none") on CUDA; a no-op on any other device."""
-    if device.type != "cuda" or amp == "none":
-        return nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-class InferenceModel:
-    """A trained model ready to run: waveforms in, CTC log-probabilities out.
-
-    Attributes: model (BiRNNCTC, eval mode), feature_config (FeatureConfig), tokenizer
-    (Tokenizer), cmvn (GlobalCMVN), device, amp, seconds_per_frame (output frame duration),
-    checkpoint (the loaded dict minus weights), path.
-    """
-
-    def __init__(self, payload: dict, device: str | torch.device | None = None, path: Path | None = None,
-                 amp: str = "auto") -> None:
-        from asr.config import from_dict
-        from asr.features import FeatureConfig, GlobalCMVN
-        from asr.model import BiRNNCTC, ModelConfig
-        from asr.text import Tokenizer
-
-        where = str(path) if path else "<checkpoint>"
-        for key in ("model_config", "feature_config", "tokens", "cmvn"):
-            if key not in payload:
-                raise DataError(f"{where}: checkpoint has no '{key}' entry")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.path = path
-        self.model_config = from_dict(ModelConfig, payload["model_config"], where=f"{where} model_config")
-        # Dither is a training-time augmentation: inference is deterministic.
-        self.feature_config = dataclasses.replace(
-            from_dict(FeatureConfig, payload["feature_config"], where=f"{where} feature_config"), dither=0.0)
-        self.tokenizer = Tokenizer.from_list(payload["tokens"])
-        self.cmvn = GlobalCMVN.from_dict(payload["cmvn"]).to(self.device).eval()
-        self.model = BiRNNCTC(self.model_config)
-        try:
-            self.model.load_state_dict(payload["model"])
-        except RuntimeError as err:
-            raise DataError(f"{where}: weights do not match the model config: {str(err).splitlines()[0]}") from err
-        self.model.to(self.device).eval()
-        if self.device.type == "cpu":
-            # oneDNN's conv2d on the front-end's 1-channel input is ~15x slower at batch 1 with NCHW
-            # weights than with channels_last ones (10 s of audio, demo model, one thread: 2.5 s vs
-            # 0.16 s, torch 2.14), and ~1.4x slower on batches; results equal up to float rounding.
-            self.model.to(memory_format=torch.channels_last)
-        if amp == "auto":
-            amp = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else (
-                "fp16" if self.device.type == "cuda" else "none")
-        self.amp = amp
-        self.seconds_per_frame = self.feature_config.frame_shift_ms / 1000.0 * self.model.subsample
-        self.checkpoint = {k: v for k, v in payload.items() if k != "model"}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        amp: str = "auto") -> "InferenceModel":
-        """Load a `.pt` file or an experiment folder (see `resolve_checkpoint`).
-
-        device: None -> CUDA if available, else CPU. amp: "auto" (bf16 or fp16 on CUDA, none on
-        CPU), "bf16", "fp16" or "none".
-        """
-        path = resolve_checkpoint(path)
-        return cls(load_checkpoint(path), device=device, path=path, amp=amp)
-
-    @property
-    def sample_rate(self) -> int:
-        """Sample rate in Hz the model expects."""
-        return self.feature_config.sample_rate
-
-    @torch.no_grad()
-    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
-        (log_probs (B, T, vocab) float32 on the CPU, out_lengths (B,) int64 on the CPU)."""
-        waveforms = waveforms.to(self.device, non_blocking=True)
-        wave_lengths = wave_lengths.to(self.device)
-        features, frame_lengths = featurize(waveforms, wave_lengths, self.feature_config, self.cmvn)
-        with autocast_context(self.device, self.amp):
-            log_probs, out_lengths = self.model(features, frame_lengths)
-        return log_probs.float().cpu(), out_lengths.cpu()
-
-    __call__ = forward

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from asr.errors import ConfigError, DataError
 from asr.fileio import atomic_torch_save
+from asr.lengths import valid_mask
 
 WAVEFORM_SCALE = 32768.0  # float waveforms in [-1, 1] times this give Kaldi's int16 range
 STD_FLOOR = 1e-2  # smallest CMVN standard deviation (feature units); guards near-constant dimensions
@@ -232,7 +233,8 @@ def _frames(waveforms: Tensor, lengths: Tensor, total: int, config: FeatureConfi
     return waveforms.gather(1, index.reshape(batch, -1)).view(batch, total, window)
 
 
-def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig) -> tuple[Tensor, Tensor]:
+def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
+                     dither: float | None = None) -> tuple[Tensor, Tensor]:
     """Kaldi fbank or MFCC features of a padded batch, computed on `waveforms.device`.
 
     Args:
@@ -240,6 +242,8 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig) 
             (samples past each length are never used).
         lengths: (batch,) valid samples per utterance.
         config: the feature options.
+        dither: Gaussian noise std (int16 units) in place of `config.dither`; `asr.frontend.Frontend`
+            passes 0 in evaluation mode, `compute_cmvn` always.
 
     Returns:
         feats: (batch, frames, config.dim) float32; frames past an utterance's length are 0.
@@ -259,10 +263,10 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig) 
     # Mixed precision would cost the 1e-3 agreement with Kaldi and is no faster here.
     with torch.autocast(device_type=device.type, enabled=False):
         frames = _frames(waveforms.float(), lengths, total, config)  # (B, T, window), a view when snip_edges
+        dither = config.dither if dither is None else dither
         for rows, steps in _blocks(frame_lengths, total, device):
-            feats[rows, steps] = _block_features(frames[rows, steps], config, *kernels)
-        valid = torch.arange(total, device=device).unsqueeze(0) < frame_lengths.unsqueeze(1)  # (B, T)
-        feats.masked_fill_(~valid.unsqueeze(-1), 0.0)
+            feats[rows, steps] = _block_features(frames[rows, steps], config, dither, *kernels)
+        feats.masked_fill_(~valid_mask(frame_lengths, total).unsqueeze(-1), 0.0)
     return feats, frame_lengths
 
 
@@ -290,7 +294,7 @@ def _blocks(frame_lengths: Tensor, total: int, device: torch.device) -> list[tup
 
 
 def _block_features(
-    frames: Tensor, config: FeatureConfig, window: Tensor, mel_matrix: Tensor, dct_matrix: Tensor | None,
+    frames: Tensor, config: FeatureConfig, dither: float, window: Tensor, mel_matrix: Tensor, dct_matrix: Tensor | None,
     lifter: Tensor | None,
 ) -> Tensor:
     """Features of raw frames (b, t, window_size) -> (b, t, config.dim), float32.
@@ -301,8 +305,8 @@ def _block_features(
     """
     padded = frames.new_zeros(*frames.shape[:2], config.fft_size)
     x = padded[..., : config.window_size]  # a view: every step below writes into the buffer
-    if config.dither > 0.0:
-        frames = frames + torch.randn_like(frames) * (config.dither / WAVEFORM_SCALE)
+    if dither > 0.0:
+        frames = frames + torch.randn_like(frames) * (dither / WAVEFORM_SCALE)
     torch.sub(frames, frames.mean(dim=-1, keepdim=True), out=x)  # remove DC offset, per frame
     if config.use_energy:  # Kaldi's raw energy: before pre-emphasis and window
         energy = x.square().sum(-1).mul_(WAVEFORM_SCALE**2).clamp_(min=_EPSILON).log_()  # (b, t)
@@ -333,12 +337,6 @@ def _block_features(
     return feats
 
 
-def _valid_mask(feats: Tensor, frame_lengths: Tensor) -> Tensor:
-    """(batch, frames, 1) True on real frames."""
-    frames = torch.arange(feats.shape[1], device=feats.device)
-    return (frames.unsqueeze(0) < frame_lengths.to(feats.device).unsqueeze(1)).unsqueeze(-1)
-
-
 class GlobalCMVN(nn.Module):
     """Global mean and variance normalisation: (feats - mean) / std, one mean/std per dimension."""
 
@@ -363,7 +361,7 @@ class GlobalCMVN(nn.Module):
         """Normalise feats (batch, frames, dim); with `frame_lengths` (batch,) padding frames stay 0."""
         normalised = (feats - self.mean) / self.std
         if frame_lengths is not None:
-            normalised = normalised.masked_fill_(~_valid_mask(feats, frame_lengths), 0.0)
+            normalised = normalised.masked_fill_(~valid_mask(frame_lengths.to(feats.device), feats.shape[1])[..., None], 0.0)
         return normalised
 
     def to_dict(self) -> dict[str, Tensor]:
@@ -411,10 +409,6 @@ def _pad_waveforms(waveforms: list[Tensor]) -> tuple[Tensor, Tensor]:
     return nn.utils.rnn.pad_sequence(waveforms, batch_first=True), lengths
 
 
-def _single_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def compute_cmvn(
     records: list[dict],
     config: FeatureConfig,
@@ -432,24 +426,18 @@ def compute_cmvn(
         if "audio" not in record:
             raise DataError(f"manifest record {record.get('id', position)!r} has no 'audio' path")
     order = sorted(range(len(records)), key=lambda i: float(records[i].get("duration", 0.0)))
-    if config.dither:
-        from dataclasses import replace
+    from asr.data.dataset import build_loader
 
-        config = replace(config, dither=0.0)
-    loader = torch.utils.data.DataLoader(
-        _AudioFiles([records[i] for i in order], config.sample_rate),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_pad_waveforms,
-        worker_init_fn=_single_thread if num_workers > 0 else None,
-    )
+    batches = [list(range(start, min(start + batch_size, len(order)))) for start in range(0, len(order), batch_size)]
+    loader = build_loader(_AudioFiles([records[i] for i in order], config.sample_rate), batches, num_workers,
+                          pin_memory=False, collate_fn=_pad_waveforms)
     device = torch.device(device)
     total = torch.zeros(config.dim, dtype=torch.float64, device=device)
     total_sq = torch.zeros(config.dim, dtype=torch.float64, device=device)
     count = 0
     with torch.no_grad(), tqdm(total=len(records), unit="utt", desc="cmvn", disable=None) as progress:
         for waveforms, lengths in loader:
-            feats, frame_lengths = compute_features(waveforms.to(device), lengths.to(device), config)
+            feats, frame_lengths = compute_features(waveforms.to(device), lengths.to(device), config, dither=0.0)
             feats = feats.double()  # padding frames are 0 and add nothing
             total += feats.sum(dim=(0, 1))
             total_sq += feats.square().sum(dim=(0, 1))
@@ -458,112 +446,3 @@ def compute_cmvn(
     if count == 0:
         raise DataError(f"no feature frames in {len(records)} records: every file is shorter than one frame")
     return GlobalCMVN.from_stats(total.cpu(), total_sq.cpu(), count)
-
-
-@dataclass(frozen=True)
-class NarrowbandConfig:
-    """Narrow-band augmentation: some training utterances are band-limited as if recorded at a
-    lower sample rate (telephone 8 kHz, ...) and brought back to the model's rate."""
-
-    prob: float = 0.0  # fraction of training utterances made narrow-band; 0 = off
-    rates: tuple[int, ...] = (8000,)  # sample rates (Hz) to pass through, one drawn per chosen utterance
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.prob <= 1.0:
-            raise ConfigError(f"narrowband.prob: expected a probability in [0, 1], got {self.prob!r}")
-        if not self.rates or not all(isinstance(r, int) and r > 0 for r in self.rates):
-            raise ConfigError(f"narrowband.rates: expected positive sample rates in Hz, got {self.rates!r}")
-
-
-class Narrowband(nn.Module):
-    """Passes a random `prob` of the utterances of a batch through a lower sample rate, in
-    training mode only (identity in eval mode).
-
-    A model trained on 16 kHz full-band audio has never seen the empty upper half of the spectrum
-    that an 8 kHz recording leaves after upsampling, and transcribes such audio badly. Each chosen
-    utterance is resampled down to one of `rates` and back up with `asr.audio.resample` -- the
-    same band-limited resampler `load_audio` uses on an 8 kHz file -- so training sees exactly what
-    inference will. Rates at or above the model's are skipped. Lengths are unchanged.
-    """
-
-    def __init__(self, config: NarrowbandConfig, sample_rate: int):
-        super().__init__()
-        self.config = config
-        self.sample_rate = sample_rate
-
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        """waveforms (batch, samples), lengths (batch,) -> band-limited copy (training) or waveforms."""
-        from asr.audio import resample
-
-        rates = [r for r in self.config.rates if r < self.sample_rate]
-        if not self.training or self.config.prob <= 0.0 or not rates or waveforms.shape[0] == 0:
-            return waveforms
-        chosen = torch.rand(waveforms.shape[0], device=waveforms.device) < self.config.prob
-        which = torch.randint(len(rates), (waveforms.shape[0],), device=waveforms.device)
-        if not bool(chosen.any()):
-            return waveforms
-        out = waveforms.clone()
-        samples = waveforms.shape[1]
-        for index, rate in enumerate(rates):
-            rows = (chosen & (which == index)).nonzero().squeeze(1)
-            if rows.numel():
-                low = resample(waveforms[rows], self.sample_rate, rate)
-                out[rows] = resample(low, rate, self.sample_rate)[:, :samples]
-        # Resampling spreads a little energy past each utterance's end; padding stays zero.
-        valid = torch.arange(samples, device=waveforms.device) < lengths.to(waveforms.device)[:, None]
-        return out.masked_fill_(~valid, 0.0)
-
-
-@dataclass(frozen=True)
-class SpecAugmentConfig:
-    """SpecAugment masks (Park et al. 2019), without time warping."""
-
-    freq_masks: int = 2  # frequency masks per utterance
-    freq_width: int = 27  # widest frequency mask, in feature dimensions (width drawn from [0, freq_width])
-    time_masks: int = 2  # time masks per utterance
-    time_width_ratio: float = 0.05  # widest time mask as a fraction of the utterance's frames
-    max_time_width: int = 40  # widest time mask in frames, whatever the length
-
-
-class SpecAugment(nn.Module):
-    """Random frequency and time masks, drawn per utterance; identity in eval mode.
-
-    Masked values are set to 0. Apply it after `GlobalCMVN`, where 0 is the global mean. Each
-    mask's width is drawn uniformly from [0, max] and its start uniformly among the positions where
-    it fits; time masks stay inside each utterance's valid frames, padding is left as it is.
-    """
-
-    def __init__(self, config: SpecAugmentConfig = SpecAugmentConfig()):
-        super().__init__()
-        self.config = config
-
-    @staticmethod
-    def _bands(size: int, max_width: Tensor, limit: Tensor, masks: int) -> Tensor:
-        """(batch, size) True inside `masks` random bands of width <= max_width within [0, limit)."""
-        batch = max_width.shape[0]
-        device = max_width.device
-        width = (torch.rand(batch, masks, device=device) * (max_width.unsqueeze(1) + 1)).floor().long()
-        width = torch.minimum(width, max_width.unsqueeze(1))  # rand() can round to 1.0 in float32
-        start = (torch.rand(batch, masks, device=device) * (limit.unsqueeze(1) - width + 1)).floor().long()
-        start = torch.minimum(start, limit.unsqueeze(1) - width).clamp_(min=0)
-        position = torch.arange(size, device=device).view(1, 1, size)
-        inside = (position >= start.unsqueeze(-1)) & (position < (start + width).unsqueeze(-1))  # (B, masks, size)
-        return inside.any(dim=1)
-
-    def forward(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
-        """feats (batch, frames, dim), frame_lengths (batch,) -> masked copy (training) or feats (eval)."""
-        if not self.training:
-            return feats
-        config = self.config
-        batch, frames, dim = feats.shape
-        device = feats.device
-        mask = torch.zeros(batch, frames, dim, dtype=torch.bool, device=device)
-        if config.freq_masks > 0 and config.freq_width > 0:
-            max_width = torch.full((batch,), min(config.freq_width, dim), device=device, dtype=torch.long)
-            limit = torch.full((batch,), dim, device=device, dtype=torch.long)
-            mask |= self._bands(dim, max_width, limit, config.freq_masks).unsqueeze(1)
-        if config.time_masks > 0 and frames > 0:
-            lengths = frame_lengths.to(device).long().clamp(max=frames)
-            max_width = (lengths.double() * config.time_width_ratio).floor().long().clamp(max=config.max_time_width)
-            mask |= self._bands(frames, max_width.clamp(min=0), lengths, config.time_masks).unsqueeze(2)
-        return feats.masked_fill(mask, 0.0)

@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from asr.errors import ConfigError
+from asr.lengths import valid_mask
 
+ENCODERS = ("birnn",)  # encoder types `build_model` knows
 RNN_TYPES = ("rnn", "gru", "lstm")
 FRONTENDS = ("none", "conv")
 NORMS = ("none", "layer", "batch")
@@ -45,8 +47,9 @@ HARDTANH_MAX = 20.0
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Size and shape of a `BiRNNCTC`; plain values only, so it round-trips through YAML."""
+    """Size and shape of the acoustic model; plain values only, so it round-trips through YAML."""
 
+    encoder: str = "birnn"  # the encoder type, one of ENCODERS (`build_model` maps it to a module)
     input_dim: int = 80  # feature dimension D (FeatureConfig.dim: mel bins or cepstra)
     vocab_size: int = 29  # output classes including the CTC blank (Tokenizer.vocab_size)
     frontend: str = "conv"  # "conv": 2-D conv stack (time subsampling); "none": features go straight to the RNN
@@ -66,6 +69,7 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(f"model.{key}: expected {expected}, got {getattr(self, key)!r}")
 
+        check("encoder", self.encoder in ENCODERS, f"one of {ENCODERS}")
         check("input_dim", self.input_dim >= 1, "a positive integer")
         check("vocab_size", self.vocab_size >= 2, "at least 2 (blank and one token)")
         check("frontend", self.frontend in FRONTENDS, f"one of {FRONTENDS}")
@@ -83,11 +87,6 @@ class ModelConfig:
         check("layers", self.layers >= 1, "a positive integer")
         check("dropout", 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
         check("norm", self.norm in NORMS, f"one of {NORMS}")
-
-
-def _valid_mask(lengths: Tensor, frames: int) -> Tensor:
-    """(B,) lengths -> (B, frames) bool, True on valid frames."""
-    return torch.arange(frames, device=lengths.device) < lengths[:, None]
 
 
 class ConvFrontend(nn.Module):
@@ -125,10 +124,10 @@ class ConvFrontend(nn.Module):
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features (B, F, D), lengths (B,) -> ((B, T, hidden), out_lengths (B,))."""
         x = features.unsqueeze(1)  # (B, 1, F, D): channels, time, freq
-        x = x.masked_fill(~_valid_mask(lengths, x.size(2))[:, None, :, None], 0.0)  # callers' padding may be anything
+        x = x.masked_fill(~valid_mask(lengths, x.size(2))[:, None, :, None], 0.0)  # callers' padding may be anything
         for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             lengths = _conv_out(lengths, conv.kernel_size[0], conv.stride[0])
-            mask = _valid_mask(lengths, _conv_out(x.size(2), conv.kernel_size[0], conv.stride[0]))  # (B, F')
+            mask = valid_mask(lengths, _conv_out(x.size(2), conv.kernel_size[0], conv.stride[0]))  # (B, F')
             if not norm.training:
                 x = F.hardtanh(_conv_with_norm(conv, norm, x), 0.0, HARDTANH_MAX, inplace=True)
                 if index < len(self.convs) - 1:  # the next conv reads across each utterance's end
@@ -263,7 +262,7 @@ class BiRNNCTC(nn.Module):
         # The forward direction reaches a padding frame only after every valid one; the backward
         # direction reads each utterance reversed within its length, so padding comes last there
         # too. What padding frames hold never reaches a valid frame.
-        mask = _valid_mask(lengths, frames.size(1))  # (B, T)
+        mask = valid_mask(lengths, frames.size(1))  # (B, T)
         reverse = _reverse_index(lengths, frames.size(1))  # (B, T)
         for layer, rnn in enumerate(self.rnns):
             if layer > 0:
@@ -280,7 +279,7 @@ class BiRNNCTC(nn.Module):
 def _reverse_index(lengths: Tensor, frames: int) -> Tensor:
     """(B, T) index that reverses frames [0, length) of each row and leaves the padding in place."""
     steps = torch.arange(frames, device=lengths.device)[None, :]  # (1, T)
-    return torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+    return torch.where(valid_mask(lengths, frames), lengths[:, None] - 1 - steps, steps)
 
 
 def _gather_frames(frames: Tensor, index: Tensor) -> Tensor:
@@ -319,6 +318,17 @@ def _make_norm(norm: str, size: int) -> nn.Module:
     if norm == "batch":
         return nn.BatchNorm1d(size)
     return nn.Identity()
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The acoustic model `config` describes: the one place that knows the encoder types.
+
+    Every model built here keeps one contract: `forward(features (B, F, D), lengths (B,))` returns
+    `(log_probs (B, T, V), out_lengths (B,))`, and it has `output_lengths(lengths)` and `subsample`.
+    """
+    if config.encoder == "birnn":
+        return BiRNNCTC(config)
+    raise ConfigError(f"model.encoder: expected one of {ENCODERS}, got {config.encoder!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

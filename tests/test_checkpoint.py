@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from asr.checkpoint import (
-    InferenceModel,
     average_checkpoints,
     average_experiment,
     load_checkpoint,
@@ -20,6 +19,7 @@ from asr.checkpoint import (
 from asr.config import to_dict
 from asr.errors import DataError
 from asr.features import FeatureConfig, GlobalCMVN, compute_features
+from asr.inference import InferenceModel
 from asr.model import BiRNNCTC, ModelConfig
 from asr.text import Tokenizer
 

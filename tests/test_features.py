@@ -10,14 +10,13 @@ import torchaudio.compliance.kaldi as kaldi
 
 from asr import features
 
+from asr.augment import SpecAugment, SpecAugmentConfig
 from asr.errors import ConfigError, DataError
 from asr.features import (
     STD_FLOOR,
     WAVEFORM_SCALE,
     FeatureConfig,
     GlobalCMVN,
-    SpecAugment,
-    SpecAugmentConfig,
     compute_cmvn,
     compute_features,
     num_frames,
@@ -247,7 +246,7 @@ def test_specaugment_masks_within_limits():
 
 def test_narrowband_passes_chosen_utterances_through_the_lower_rate():
     from asr.audio import resample
-    from asr.features import Narrowband, NarrowbandConfig
+    from asr.augment import Narrowband, NarrowbandConfig
 
     waveforms, lengths = _batch([16000, 9000])
     waveforms[:, :] += 0.05 * torch.randn(waveforms.shape, generator=torch.Generator().manual_seed(1))
@@ -267,7 +266,7 @@ def test_narrowband_passes_chosen_utterances_through_the_lower_rate():
 
 
 def test_narrowband_is_identity_in_eval_and_at_probability_zero():
-    from asr.features import Narrowband, NarrowbandConfig
+    from asr.augment import Narrowband, NarrowbandConfig
 
     waveforms, lengths = _batch([8000, 5000])
     assert Narrowband(NarrowbandConfig(prob=1.0), 16000).eval()(waveforms, lengths) is waveforms
@@ -277,7 +276,7 @@ def test_narrowband_is_identity_in_eval_and_at_probability_zero():
 
 
 def test_narrowband_chooses_about_prob_of_the_utterances():
-    from asr.features import Narrowband, NarrowbandConfig
+    from asr.augment import Narrowband, NarrowbandConfig
 
     torch.manual_seed(0)
     waveforms = torch.randn(400, 1600) * 0.1
@@ -290,7 +289,7 @@ def test_narrowband_chooses_about_prob_of_the_utterances():
 @pytest.mark.parametrize("values,key", [({"prob": 1.5}, "narrowband.prob"), ({"rates": ()}, "narrowband.rates"),
                                         ({"rates": (0,)}, "narrowband.rates")])
 def test_narrowband_config_errors_name_the_key(values, key):
-    from asr.features import NarrowbandConfig
+    from asr.augment import NarrowbandConfig
 
     with pytest.raises(ConfigError, match=key):
         NarrowbandConfig(**values)

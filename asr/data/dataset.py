@@ -159,9 +159,27 @@ def collate(items: list[dict]) -> Batch:
     )
 
 
-def _worker_init(worker_id: int) -> None:
-    # Each worker decodes audio; intra-op threads per worker would oversubscribe the CPUs.
+def single_thread_worker(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a worker decodes audio; intra-op threads per worker would
+    oversubscribe the CPUs (one thread measured fastest)."""
     torch.set_num_threads(1)
+
+
+def build_loader(dataset: Dataset, batches, num_workers: int, pin_memory: bool | None = None, seed: int = 0,
+                 collate_fn=collate, prefetch_factor: int = 2) -> DataLoader:
+    """The one DataLoader builder: `batches` is a batch sampler or a list of index lists.
+
+    Workers (persistent, one thread each) draw their base seed from a generator seeded with
+    `seed`, not from the global RNG, so a resumed run consumes the global RNG exactly as an
+    uninterrupted one. `pin_memory` None: whether CUDA is available.
+    """
+    extra = {}
+    if num_workers > 0:
+        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True, "worker_init_fn": single_thread_worker}
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
 
 
 def make_loader(
@@ -182,31 +200,11 @@ def make_loader(
     """DataLoader of `Batch`es over `records`, batched by `BucketingBatchSampler`.
 
     `max_duration` is padded seconds per batch. `pin_memory` defaults to whether CUDA is
-    available. Workers run with one intra-op thread each and are not persistent when
-    `num_workers == 0`. The sampler is `loader.batch_sampler` (call its `set_epoch`,
-    `state_dict`, `load_state_dict`). Apply `filter_records` before calling this.
+    available. The sampler is `loader.batch_sampler` (call its `set_epoch`, `state_dict`,
+    `load_state_dict`). Apply `filter_records` before calling this.
     """
     dataset = AudioDataset(records, tokenizer, sample_rate=sample_rate)
-    sampler = BucketingBatchSampler(
-        dataset.durations,
-        max_duration,
-        num_buckets=num_buckets,
-        shuffle=shuffle,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=drop_last,
-    )
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    extra = {}
-    if num_workers > 0:
-        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True, "worker_init_fn": _worker_init}
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        **extra,
-    )
+    sampler = BucketingBatchSampler(dataset.durations, max_duration, num_buckets=num_buckets, shuffle=shuffle,
+                                    seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
+    return build_loader(dataset, sampler, num_workers, pin_memory=pin_memory, seed=seed,
+                        prefetch_factor=prefetch_factor)

@@ -1,0 +1,53 @@
+"""The front-end: a padded waveform batch -> the model's input, as one module.
+
+    waveforms (B, samples) --Narrowband (training)--> --fbank/MFCC (dither in training)-->
+        --global CMVN--> --SpecAugment (training)--> features (B, frames, dim), frame_lengths (B,)
+
+Training and inference run this same module, so they cannot drift apart; its `train()`/`eval()`
+mode is the only switch: in evaluation there is no augmentation and no dither, and the output is
+a deterministic function of the waveforms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from asr.augment import Narrowband, NarrowbandConfig, SpecAugment, SpecAugmentConfig
+from asr.features import FeatureConfig, GlobalCMVN, compute_features
+
+
+class Frontend(nn.Module):
+    """Waveforms -> normalised (and, in training, augmented) features, on the waveforms' device.
+
+    It holds no trainable parameters: CMVN statistics are buffers, the augmentations draw from
+    torch's global generator (seeded and checkpointed by training).
+    """
+
+    def __init__(self, features: FeatureConfig, cmvn: GlobalCMVN, specaug: SpecAugmentConfig = SpecAugmentConfig(),
+                 narrowband: NarrowbandConfig = NarrowbandConfig()) -> None:
+        super().__init__()
+        self.features = features
+        self.cmvn = cmvn
+        self.narrowband = Narrowband(narrowband, features.sample_rate)
+        self.specaug = SpecAugment(specaug)
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate (Hz) the waveforms must have."""
+        return self.features.sample_rate
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension of the output."""
+        return self.features.dim
+
+    @torch.no_grad()
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waveforms (B, samples) float at `sample_rate`, zero-padded; wave_lengths (B,) ->
+        features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64."""
+        waveforms = self.narrowband(waveforms.float(), wave_lengths)
+        dither = self.features.dither if self.training else 0.0
+        features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither)
+        features = self.cmvn(features, frame_lengths)
+        return self.specaug(features, frame_lengths), frame_lengths

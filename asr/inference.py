@@ -1,0 +1,95 @@
+"""A checkpoint -> a runnable model: front-end (features, CMVN) and acoustic model, in
+evaluation mode, on one device. `asr decode`, `asr transcribe` and the benchmarks all run
+checkpoints through `InferenceModel`.
+
+    waveforms (B, samples) at `sample_rate` --Frontend (eval)--> features --model--> log_probs (B, T, V)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from asr.checkpoint import load_checkpoint, resolve_checkpoint
+from asr.errors import DataError
+from asr.runtime import autocast_context
+
+
+class InferenceModel:
+    """A trained model ready to run: waveforms in, CTC log-probabilities out.
+
+    Attributes: model (from `asr.model.build_model`, eval mode), frontend (`asr.frontend.Frontend`,
+    eval mode: no augmentation, no dither), feature_config (FeatureConfig), tokenizer (Tokenizer),
+    device, amp, seconds_per_frame (output frame duration), checkpoint (the loaded dict minus
+    weights), path.
+    """
+
+    def __init__(self, payload: dict, device: str | torch.device | None = None, path: Path | None = None,
+                 amp: str = "auto") -> None:
+        from asr.config import from_dict
+        from asr.features import FeatureConfig, GlobalCMVN
+        from asr.frontend import Frontend
+        from asr.model import ModelConfig, build_model
+        from asr.text import Tokenizer
+
+        where = str(path) if path else "<checkpoint>"
+        for key in ("model_config", "feature_config", "tokens", "cmvn"):
+            if key not in payload:
+                raise DataError(f"{where}: checkpoint has no '{key}' entry")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.path = path
+        self.model_config = from_dict(ModelConfig, payload["model_config"], where=f"{where} model_config")
+        self.feature_config = from_dict(FeatureConfig, payload["feature_config"], where=f"{where} feature_config")
+        self.tokenizer = Tokenizer.from_list(payload["tokens"])
+        self.frontend = Frontend(self.feature_config, GlobalCMVN.from_dict(payload["cmvn"])).to(self.device).eval()
+        self.model = build_model(self.model_config)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise DataError(f"{where}: weights do not match the model config: {str(err).splitlines()[0]}") from err
+        self.model.to(self.device).eval()
+        if self.device.type == "cpu":
+            # oneDNN's conv2d on the front-end's 1-channel input is ~15x slower at batch 1 with NCHW
+            # weights than with channels_last ones (10 s of audio, demo model, one thread: 2.5 s vs
+            # 0.16 s, torch 2.14), and ~1.4x slower on batches; results equal up to float rounding.
+            self.model.to(memory_format=torch.channels_last)
+        if amp == "auto":
+            amp = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else (
+                "fp16" if self.device.type == "cuda" else "none")
+        self.amp = amp
+        self.seconds_per_frame = self.feature_config.frame_shift_ms / 1000.0 * self.model.subsample
+        self.checkpoint = {k: v for k, v in payload.items() if k != "model"}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        amp: str = "auto") -> "InferenceModel":
+        """Load a `.pt` file or an experiment folder (see `resolve_checkpoint`).
+
+        device: None -> CUDA if available, else CPU. amp: "auto" (bf16 or fp16 on CUDA, none on
+        CPU), "bf16", "fp16" or "none".
+        """
+        path = resolve_checkpoint(path)
+        return cls(load_checkpoint(path), device=device, path=path, amp=amp)
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate in Hz the model expects."""
+        return self.feature_config.sample_rate
+
+    @torch.no_grad()
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
+        (log_probs (B, T, vocab) float32 on the CPU, out_lengths (B,) int64 on the CPU)."""
+        waveforms = waveforms.to(self.device, non_blocking=True)
+        wave_lengths = wave_lengths.to(self.device)
+        features, frame_lengths = self.frontend(waveforms, wave_lengths)
+        with autocast_context(self.device, self.amp):
+            log_probs, out_lengths = self.model(features, frame_lengths)
+        return log_probs.float().cpu(), out_lengths.cpu()
+
+    __call__ = forward

@@ -1,0 +1,173 @@
+"""Where a process runs: device, DDP rank and world (under torchrun), mixed precision, RNG
+state, and the stop signal; shared by training and inference.
+
+    torchrun --nproc_per_node 4 -m asr.cli train ...   (WORLD_SIZE, RANK, LOCAL_RANK from torchrun)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from asr.errors import ConfigError
+
+log = logging.getLogger("asr.train")
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: DDP rank and world, the device, AMP in effect."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    amp: str = "none"
+    owns_process_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup_runtime(device_name: str = "auto", amp: str = "none", threads: int = 0) -> Runtime:
+    """Pick the device ("auto", "cpu", "cuda", "cuda:N": train.device), the AMP mode in effect
+    (train.amp; "none" off CUDA) and, under torchrun (WORLD_SIZE > 1), join the process group from
+    the environment: backend nccl on CUDA, gloo on CPU. threads > 0 sets torch's CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = device_name
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: '{device_name}' but CUDA is not available")
+        device = torch.device("cuda", local_rank) if wanted == "cuda" or world_size > 1 else torch.device(wanted)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    elif wanted == "cpu":
+        device = torch.device("cpu")
+    else:
+        raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device_name!r}")
+    amp = amp if device.type == "cuda" else "none"
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        amp = "fp16"
+    runtime = Runtime(rank, world_size, local_rank, device, amp)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                rank=rank, world_size=world_size)
+        runtime.owns_process_group = True
+    return runtime
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), Python's `random` and numpy's global generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def get_rng_state(device: torch.device) -> dict:
+    """All RNG states as tensors and plain lists (loadable with weights_only=True)."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(state), gauss],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+    }
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def set_rng_state(rng: dict, device: torch.device) -> None:
+    """Inverse of `get_rng_state`."""
+    torch.set_rng_state(rng["torch"])
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+    numpy_state = rng["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def reduce_sums(runtime: Runtime, values: list[float]) -> list[float]:
+    """Sums of `values` over the ranks (every rank must call it); the values themselves alone."""
+    if not runtime.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def autocast_context(device: torch.device, amp: str):
+    """Autocast for `amp` ("bf16" | "fp16" | "none") on CUDA; a no-op on any other device."""
+    if device.type != "cuda" or amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during training: finish the current step, save last.pt, then stop.
+
+    A second signal aborts at once. Handlers are installed only in the main thread and restored
+    on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: saving last.pt after this step (signal again to abort now)")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def agreed(self, runtime: "Runtime") -> bool:
+        """Whether any rank was asked to stop; then every rank counts as asked (every rank
+        must call it at the same step)."""
+        if runtime.distributed:
+            flag = torch.tensor([float(self.requested)], device=runtime.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = bool(flag.item())
+        return self.requested
+
+
