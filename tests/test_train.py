@@ -372,3 +372,39 @@ def test_a_second_run_on_the_same_experiment_is_refused(tmp_path):
                 pass
     with experiment_lock(tmp_path):  # released when the first run ends
         pass
+
+
+def test_stats_then_train_and_train_alone_write_the_same_tokens_and_cmvn(corpus, tmp_path):
+    """One preparation path: the same manifest gives byte-identical tokens.txt and cmvn.pt whether
+    `asr stats` ran first or not, also when the duration filter drops an utterance whose text
+    holds a character no other has (Z)."""
+    short = {"id": "train-short", "audio": "train-0.flac", "duration": 0.3, "text": "ZZ", "speaker": "s1"}
+    manifest = corpus["root"] / "train-with-short.jsonl"
+    manifest.write_text(corpus["train"].read_text() + json.dumps(short) + "\n")
+    options = [*TINY, "data.min_utt_duration=0.5", "train.max_steps=1"]
+    stats_first, alone = tmp_path / "stats-first", tmp_path / "alone"
+    assert main(["stats", "--train", str(manifest), "--exp", str(stats_first), *options]) == 0
+    for exp in (stats_first, alone):
+        assert main(["train", "--train", str(manifest), "--valid", str(corpus["valid"]), "--exp", str(exp),
+                     *options]) == 0
+    assert (stats_first / "tokens.txt").read_bytes() == (alone / "tokens.txt").read_bytes()
+    assert "Z" not in Tokenizer.load(alone / "tokens.txt").to_list()
+    first, second = (torch.load(e / "cmvn.pt", weights_only=True) for e in (stats_first, alone))
+    assert torch.equal(first["mean"], second["mean"]) and torch.equal(first["std"], second["std"])
+
+
+def test_cmvn_is_recomputed_when_the_manifest_changes_and_refused_once_trained_on(corpus, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    assert main(["stats", "--train", str(corpus["train"]), "--exp", str(exp), *TINY]) == 0
+    before = torch.load(exp / "cmvn.pt", weights_only=True)
+    fewer = corpus["root"] / "train-fewer.jsonl"
+    fewer.write_text("".join(corpus["train"].read_text().splitlines(keepends=True)[4:]))
+    assert main(["stats", "--train", str(fewer), "--exp", str(exp), *TINY]) == 0
+    after = torch.load(exp / "cmvn.pt", weights_only=True)
+    assert after["fingerprint"] != before["fingerprint"] and not torch.equal(after["mean"], before["mean"])
+    assert main(["train", "--train", str(fewer), "--valid", str(corpus["valid"]), "--exp", str(exp), *TINY,
+                 "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert main(["stats", "--train", str(corpus["train"]), "--exp", str(exp), *TINY]) == 1
+    assert "cmvn.pt: the training utterances or feature options changed" in capsys.readouterr().err
+    assert torch.equal(torch.load(exp / "cmvn.pt", weights_only=True)["mean"], after["mean"])  # left as it was
