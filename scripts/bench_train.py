@@ -2,15 +2,17 @@
 """Training throughput: audio-seconds trained per wall-second, our pipeline against a plain loop.
 
 (a) ours: duration-bucketed batches (`BucketingBatchSampler`, `data.max_duration` padded seconds
-    per batch), features computed in batch on the device (`asr.checkpoint.featurize`: fbank/MFCC,
-    CMVN, SpecAugment), the configured model (conv front-end subsampling time, e.g. by 4), CTC.
+    per batch), features computed in batch on the device (`asr.frontend.Frontend`: narrow-band,
+    fbank/MFCC, CMVN, SpecAugment), the configured model (conv front-end subsampling time, e.g. by
+    4), CTC: each step is `asr.train.train_step`, the step `asr train` runs.
 (b) baseline: the plain loop of the same size: random batches of a fixed number of utterances,
     features computed per utterance with `torchaudio.compliance.kaldi` inside the Dataset (in the
     loader workers), no front-end (the RNN sees every 10 ms frame), same rnn_type, hidden, layers.
     The same global CMVN and SpecAugment modules are applied to its features on the device.
 
 Both use the same utterances, seed, AdamW step with the configured LR schedule (warm-up, then
-decay over the run's steps, as `asr train` does), CTC loss, precision (train.amp on CUDA), loader
+decay over the run's steps, as `asr train` does), CTC loss (`asr.train.ctc_loss` and
+`optimizer_step`, the ones `train_step` calls), precision (train.amp on CUDA), loader
 workers and device. The baseline's batch size defaults to the largest fixed size that keeps the
 same bound on padded seconds for the longest utterance: floor(max_duration / longest) (what a
 plain loop must choose to never run out of memory).
@@ -53,17 +55,19 @@ from torch.nn.utils.rnn import pad_sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asr.audio import load_audio  # noqa: E402
-from asr.checkpoint import autocast_context, featurize  # noqa: E402
-from asr.data.dataset import make_loader  # noqa: E402
+from asr.augment import SpecAugment  # noqa: E402
+from asr.data.dataset import make_loader, single_thread_worker  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
-from asr.decode import GreedyDecoder  # noqa: E402
+from asr.decode import DecodingOptions, build_decoder  # noqa: E402
 from asr.errors import AsrError  # noqa: E402
-from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, SpecAugment, compute_cmvn  # noqa: E402
-from asr.model import BiRNNCTC, count_parameters  # noqa: E402
+from asr.experiment import load_experiment_config, select_utterances  # noqa: E402
+from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_cmvn, num_frames  # noqa: E402
+from asr.frontend import Frontend  # noqa: E402
+from asr.model import build_model, count_parameters  # noqa: E402
+from asr.runtime import Runtime, autocast_context, seed_everything  # noqa: E402
 from asr.score import wer_cer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
-from asr.train import (build_optimizer, learning_rate, load_experiment_config, seed_everything,  # noqa: E402
-                       select_utterances)
+from asr.train import Schedule, build_optimizer, ctc_loss, optimizer_step, run_length, train_step  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,41 +131,30 @@ def collate_features(items):
             list(texts))
 
 
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 # --- the two pipelines -------------------------------------------------------------------------
 class Stepper:
-    """Scheduled LR, loss, backward, clip, AdamW step: the same for both pipelines."""
+    """`asr train`'s optimizer and LR schedule around its own step functions, for both pipelines."""
 
-    def __init__(self, model: nn.Module, config, device: torch.device, decay_steps: int):
-        self.model, self.device, self.amp = model, device, config.train.amp if device.type == "cuda" else "none"
-        self.optim, self.decay_steps, self.steps = config.optim, decay_steps, 0
+    def __init__(self, model: nn.Module, config, runtime: Runtime, decay_steps: int):
+        self.model, self.runtime, self.grad_clip, self.steps = model, runtime, config.optim.grad_clip, 0
         self.optimizer = build_optimizer(model, config.optim)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
-        self.ctc = nn.CTCLoss(blank=0, reduction="sum", zero_infinity=True)
+        self.scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
+        self.schedule = Schedule(config.optim, decay_steps)
 
-    def __call__(self, features, frame_lengths, targets, target_lengths) -> None:
+    def on_batch(self, frontend: Frontend, batch) -> dict:
+        """Ours: `asr.train.train_step` on a waveform batch."""
         self.steps += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.steps, self.optim, self.decay_steps)
-        with autocast_context(self.device, self.amp):
+        return train_step(self.model, frontend, self.optimizer, self.scaler, batch, self.schedule.lr(self.steps),
+                          self.grad_clip, self.runtime)
+
+    def on_features(self, features, frame_lengths, targets, target_lengths) -> dict:
+        """The baseline: its own features, then the same loss and optimizer step."""
+        self.steps += 1
+        with autocast_context(self.runtime.device, self.runtime.amp):
             log_probs, out_lengths = self.model(features, frame_lengths)
-        loss = self.ctc(log_probs.float().transpose(0, 1), targets, out_lengths, target_lengths) / len(targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        loss, _ = ctc_loss(log_probs.float(), out_lengths, targets, target_lengths, [""] * len(targets))
+        return optimizer_step(self.model, self.optimizer, self.scaler, loss, self.schedule.lr(self.steps),
+                              self.grad_clip)
 
 
 @dataclasses.dataclass
@@ -169,26 +162,31 @@ class Pipeline:
     """A model with its data path: what the throughput and the training modes drive."""
 
     name: str
-    model: BiRNNCTC
+    model: nn.Module
     batches_per_epoch: int
     epoch_batches: Callable[[int], Iterable]  # epoch -> that epoch's training batches
     step: Callable  # batch -> one optimizer step -> (utts, audio seconds, padded RNN frames, valid RNN frames)
     eval_batches: Callable[[list[dict]], Iterable]  # records -> (features, frame_lengths, texts) on the device
+    seconds_per_frame: float  # of the model's output (for the greedy decoder's word-pause rule)
 
 
 def _decay_steps(config, epochs: int, batches_per_epoch: int) -> int:
-    """The schedule's length as `asr train` sets it: optim.decay_steps, else the run's steps."""
-    return config.optim.decay_steps or epochs * batches_per_epoch
+    """The schedule's length as `asr train` sets it for a run of `epochs` epochs."""
+    return run_length(dataclasses.replace(config.train, epochs=epochs, max_steps=0), config.optim, batches_per_epoch)
+
+
+def _runtime(config, device: torch.device) -> Runtime:
+    return Runtime(device=device, amp=config.train.amp if device.type == "cuda" else "none")
 
 
 def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN, epochs: int) -> Pipeline:
     seed_everything(config.train.seed)
-    model = BiRNNCTC(config.model_config(tokenizer.vocab_size)).to(device).train()
-    specaug = SpecAugment(config.specaug).to(device).train()
+    model = build_model(config.model_config(tokenizer.vocab_size)).to(device).train()
+    frontend = Frontend(config.features, cmvn, config.specaug, config.narrowband).to(device).train()
     loader = make_loader(records, tokenizer, config.data.max_duration, shuffle=True, seed=config.train.seed,
                          num_workers=num_workers, num_buckets=config.data.num_buckets,
                          sample_rate=config.features.sample_rate)
-    stepper = Stepper(model, config, device, _decay_steps(config, epochs, len(loader.batch_sampler)))
+    stepper = Stepper(model, config, _runtime(config, device), _decay_steps(config, epochs, len(loader.batch_sampler)))
 
     def epoch_batches(epoch):
         loader.batch_sampler.set_epoch(epoch)
@@ -196,37 +194,37 @@ def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN
 
     def step(batch):
         batch = batch.to(device, non_blocking=True)
-        with torch.no_grad():
-            features, frame_lengths = featurize(batch.waveforms, batch.wave_lengths, config.features, cmvn, specaug)
-        stepper(features, frame_lengths, batch.targets, batch.target_lengths)
-        rnn_lengths = model.output_lengths(frame_lengths)
+        stepper.on_batch(frontend, batch)
+        rnn_lengths = model.output_lengths(num_frames(batch.wave_lengths.cpu(), config.features))
         return (len(batch), float(batch.wave_lengths.sum()) / config.features.sample_rate,
                 int(rnn_lengths.max()) * len(batch), int(rnn_lengths.sum()))
 
     def eval_batches(eval_records):
-        eval_features = dataclasses.replace(config.features, dither=0.0)
+        frontend.eval()
         for batch in make_loader(eval_records, tokenizer, config.data.max_duration, shuffle=False, seed=0,
                                  num_workers=0, sample_rate=config.features.sample_rate):
             batch = batch.to(device)
-            features, frame_lengths = featurize(batch.waveforms, batch.wave_lengths, eval_features, cmvn)
+            features, frame_lengths = frontend(batch.waveforms, batch.wave_lengths)
             yield features, frame_lengths, batch.texts
+        frontend.train()
 
-    return Pipeline("ours", model, len(loader.batch_sampler), epoch_batches, step, eval_batches)
+    return Pipeline("ours", model, len(loader.batch_sampler), epoch_batches, step, eval_batches,
+                    config.features.frame_shift_ms / 1000 * model.subsample)
 
 
 def build_baseline(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN, epochs: int,
                    batch_size: int) -> Pipeline:
     seed_everything(config.train.seed)
     model_config = dataclasses.replace(config.model_config(tokenizer.vocab_size), frontend="none", subsample=1)
-    model = BiRNNCTC(model_config).to(device).train()
+    model = build_model(model_config).to(device).train()
     specaug = SpecAugment(config.specaug).to(device).train()
     batches_per_epoch = math.ceil(len(records) / batch_size)
-    stepper = Stepper(model, config, device, _decay_steps(config, epochs, batches_per_epoch))
+    stepper = Stepper(model, config, _runtime(config, device), _decay_steps(config, epochs, batches_per_epoch))
 
     def loader(dataset, shuffle, generator=None):
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                            collate_fn=collate_features, num_workers=num_workers,
-                                           worker_init_fn=_worker_init, pin_memory=device.type == "cuda")
+                                           worker_init_fn=single_thread_worker, pin_memory=device.type == "cuda")
 
     dataset = PerUtteranceFeatures(records, tokenizer, config.features)
 
@@ -238,7 +236,7 @@ def build_baseline(config, records, tokenizer, device, num_workers, cmvn: Global
         features, frame_lengths = features.to(device, non_blocking=True), frame_lengths.to(device)
         with torch.no_grad():
             features = specaug(cmvn(features, frame_lengths), frame_lengths)
-        stepper(features, frame_lengths, targets.to(device), target_lengths.to(device))
+        stepper.on_features(features, frame_lengths, targets.to(device), target_lengths.to(device))
         return len(targets), seconds, int(frame_lengths.max()) * len(targets), int(frame_lengths.sum())
 
     def eval_batches(eval_records):
@@ -247,7 +245,8 @@ def build_baseline(config, records, tokenizer, device, num_workers, cmvn: Global
             features, frame_lengths = features.to(device), frame_lengths.to(device)
             yield cmvn(features, frame_lengths), frame_lengths, texts
 
-    return Pipeline(f"baseline (batch {batch_size})", model, batches_per_epoch, epoch_batches, step, eval_batches)
+    return Pipeline(f"baseline (batch {batch_size})", model, batches_per_epoch, epoch_batches, step, eval_batches,
+                    config.features.frame_shift_ms / 1000)
 
 
 # --- timing and evaluation ---------------------------------------------------------------------
@@ -320,7 +319,7 @@ def train_epochs(pipeline: Pipeline, device: torch.device, epochs: int) -> Resul
 @torch.no_grad()
 def evaluate(pipeline: Pipeline, records: list[dict], tokenizer: Tokenizer) -> tuple[float, float]:
     """Greedy WER and CER (fractions) of the pipeline's model on `records`, in eval mode."""
-    decoder = GreedyDecoder(tokenizer)
+    decoder = build_decoder(DecodingOptions(), tokenizer, pipeline.seconds_per_frame)
     refs, hyps = [], []
     pipeline.model.eval()
     for features, frame_lengths, texts in pipeline.eval_batches(records):
@@ -364,7 +363,7 @@ def main(argv=None) -> int:
 
     records = read_manifest(args.manifest)
     tokenizer = Tokenizer.build(r["text"] for r in records)
-    probe = BiRNNCTC(config.model_config(tokenizer.vocab_size))
+    probe = config.model_config(tokenizer.vocab_size)
     records, dropped = select_utterances(records, tokenizer, probe, config.features,
                                          config.data.min_utt_duration, config.data.max_utt_duration)
     if not records:
