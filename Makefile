@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup espeak clean-demo
+.PHONY: demo test lint setup espeak clean-demo
 
 setup: $(STAMP) espeak
 
@@ -29,6 +29,9 @@ espeak:
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/synthetic/run.sh

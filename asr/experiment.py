@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from asr.augment import NarrowbandConfig, SpecAugmentConfig
 from asr.config import load_config
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureConfig, GlobalCMVN, compute_cmvn, num_frames
-from asr.fileio import atomic_torch_save, atomic_write_text
+from asr.fileio import atomic_torch_save
 from asr.model import ModelConfig, build_model
 from asr.text import Tokenizer
 
@@ -73,9 +72,11 @@ class OptimConfig:
     eps: float = 1e-8  # Adam denominator floor
     weight_decay: float = 1e-2  # decoupled weight decay on weight matrices (not on biases or norms)
     warmup_steps: int = 500  # linear warm-up from 0 to lr over these steps
-    decay: str = "cosine"  # after warm-up: "cosine" or "exponential" (to final_lr at decay_steps), "noam" (lr*sqrt(warmup/step)), "constant"
+    # after warm-up: "cosine" or "exponential" (to final_lr at decay_steps), "noam" (lr*sqrt(warmup/step)), "constant"
+    decay: str = "cosine"
     final_lr: float = 1e-5  # learning rate at the end of a cosine or exponential decay
-    decay_steps: int = 0  # length of the schedule in steps; 0 = the run's length (max_steps, else epochs x batches per epoch)
+    # length of the schedule in steps; 0 = the run's length (max_steps, else epochs x batches per epoch)
+    decay_steps: int = 0
     grad_clip: float = 5.0  # clip the global gradient norm to this; 0 = no clipping
 
     def __post_init__(self) -> None:
@@ -96,7 +97,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps in all (0 = the epochs decide)
     seed: int = 0  # seeds model init, dropout, SpecAugment and the batch order
     log_every: int = 50  # steps between log lines (text log, metrics.jsonl, TensorBoard)
-    checkpoint_every: int = 1000  # steps between step-N.pt checkpoints (also one at each epoch end); 0 = epoch ends only
+    checkpoint_every: int = 1000  # steps between step-N.pt checkpoints (and one at each epoch end); 0 = epoch ends
     keep_last: int = 5  # step-N.pt checkpoints kept, older ones deleted; 0 = keep all
     valid_every: int = 0  # steps between validations; 0 = at each epoch end
     amp: str = "bf16"  # mixed precision on CUDA: "bf16", "fp16" (with a GradScaler) or "none"; ignored on CPU

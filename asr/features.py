@@ -348,7 +348,8 @@ class GlobalCMVN(nn.Module):
         self.register_buffer("std", std.detach().float().clone())
 
     @classmethod
-    def from_stats(cls, sum: Tensor, sq_sum: Tensor, count: int | float | Tensor, std_floor: float = STD_FLOOR) -> "GlobalCMVN":
+    def from_stats(cls, sum: Tensor, sq_sum: Tensor, count: int | float | Tensor,
+                   std_floor: float = STD_FLOOR) -> "GlobalCMVN":
         """From per-dimension sums of features and of their squares over `count` frames (float64 advised)."""
         count = float(count)
         if count <= 0:
@@ -361,7 +362,8 @@ class GlobalCMVN(nn.Module):
         """Normalise feats (batch, frames, dim); with `frame_lengths` (batch,) padding frames stay 0."""
         normalised = (feats - self.mean) / self.std
         if frame_lengths is not None:
-            normalised = normalised.masked_fill_(~valid_mask(frame_lengths.to(feats.device), feats.shape[1])[..., None], 0.0)
+            padding = ~valid_mask(frame_lengths.to(feats.device), feats.shape[1])
+            normalised = normalised.masked_fill_(padding[..., None], 0.0)
         return normalised
 
     def to_dict(self) -> dict[str, Tensor]:

@@ -55,7 +55,8 @@ class ModelConfig:
     frontend: str = "conv"  # "conv": 2-D conv stack (time subsampling); "none": features go straight to the RNN
     subsample: int = 4  # time subsampling of the conv front-end: 1, 2 or 4 (must be 1 with frontend "none")
     conv_channels: int = 32  # channels of each conv layer
-    conv_kernels: tuple[tuple[int, int], ...] = DS2_CONV_KERNELS  # (time, freq) kernel of each of the two conv layers, odd sizes
+    # (time, freq) kernel of each of the two conv layers, odd sizes
+    conv_kernels: tuple[tuple[int, int], ...] = DS2_CONV_KERNELS
     rnn_type: str = "gru"  # "rnn" (plain Elman recurrence), "gru" or "lstm"
     nonlinearity: str = "tanh"  # f of the plain recurrence, "tanh" or "relu" (rnn_type "rnn" only)
     hidden: int = 256  # units per direction in each recurrent layer; also the conv projection size

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from asr.device import resolve_device
 from asr.errors import ConfigError
 
 log = logging.getLogger("asr.train")
@@ -54,19 +55,15 @@ def setup_runtime(device_name: str = "auto", amp: str = "none", threads: int = 0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = device_name
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: '{device_name}' but CUDA is not available")
-        device = torch.device("cuda", local_rank) if wanted == "cuda" or world_size > 1 else torch.device(wanted)
+    try:
+        device = resolve_device(device_name)
+    except ConfigError as err:
+        raise ConfigError(f"train.{err}") from None
+    if device.type == "cuda":
+        if world_size > 1 or device.index is None:  # under torchrun each process takes its LOCAL_RANK's GPU
+            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    elif wanted == "cpu":
-        device = torch.device("cpu")
-    else:
-        raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device_name!r}")
     amp = amp if device.type == "cuda" else "none"
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         amp = "fp16"

@@ -35,7 +35,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,14 +47,29 @@ from torch import Tensor, nn
 from asr.checkpoint import load_checkpoint, model_payload, save_checkpoint, step_checkpoints
 from asr.config import config_diff, dump_config, to_dict
 from asr.errors import ConfigError, DataError
-from asr.experiment import (ExperimentConfig, OptimConfig, TrainConfig, ctc_min_frames, prepare_experiment,
-                            read_records, select_utterances)
+from asr.experiment import (
+    ExperimentConfig,
+    OptimConfig,
+    TrainConfig,
+    ctc_min_frames,
+    prepare_experiment,
+    read_records,
+    select_utterances,
+)
 from asr.fileio import atomic_write_text
 from asr.frontend import Frontend
 from asr.logs import MetricsLog, plot_curves, training_logs
 from asr.model import ModelConfig, build_model, count_parameters
-from asr.runtime import (Runtime, StopRequest, autocast_context, get_rng_state, reduce_sums, seed_everything,
-                         set_rng_state, setup_runtime)
+from asr.runtime import (
+    Runtime,
+    StopRequest,
+    autocast_context,
+    get_rng_state,
+    reduce_sums,
+    seed_everything,
+    set_rng_state,
+    setup_runtime,
+)
 from asr.text import Tokenizer
 
 log = logging.getLogger("asr.train")
@@ -181,7 +196,8 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, l
     if grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
     else:
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))) if parameters else 0.0
+        norms = [p.grad.norm() for p in parameters]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
     stepped = math.isfinite(grad_norm)
     if scaler is not None:
         scaler.step(optimizer)  # skips the step itself on inf/nan
@@ -587,8 +603,8 @@ def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: 
         atomic_write_text(exp_dir / "log" / "dropped.txt", "".join(lines))
         model_config = prepared.model_config
         dump_config(config, exp_dir / "config.yaml",
-                    header=f"resolved config of {exp_dir} (asr train)\nderived: model.input_dim={model_config.input_dim}"
-                           f" model.vocab_size={model_config.vocab_size}")
+                    header=f"resolved config of {exp_dir} (asr train)\nderived: model.input_dim="
+                           f"{model_config.input_dim} model.vocab_size={model_config.vocab_size}")
     if not valid:
         raise DataError(f"{valid_manifest}: no validation utterance left (see {exp_dir / 'log' / 'dropped.txt'})")
     return prepared, valid

@@ -96,7 +96,8 @@ def test_average_is_the_mean(tmp_path):
     for p in payloads:
         save_checkpoint(folder / f"step-{p['step']}.pt", p)
     save_checkpoint(folder / "step-5.pt", make_payload(9, step=5))  # the oldest: not in the last 3
-    assert [p.name for p in step_checkpoints(folder)] == ["step-5.pt", "step-10.pt", "step-20.pt", "step-30.pt", "step-40.pt"]
+    assert [p.name for p in step_checkpoints(folder)] == ["step-5.pt", "step-10.pt", "step-20.pt", "step-30.pt",
+                                                          "step-40.pt"]
 
     out, used = average_experiment(tmp_path, last=3)
     assert out == folder / "avg-3.pt"

@@ -9,7 +9,6 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 from asr import features
-
 from asr.augment import SpecAugment, SpecAugmentConfig
 from asr.errors import ConfigError, DataError
 from asr.features import (
@@ -71,7 +70,8 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("block", [None, 7, 200], ids=["one-block", "time-blocks", "row-blocks"])
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.kind}-{c.num_mel_bins}-e{int(c.use_energy)}-s{int(c.snip_edges)}")
+@pytest.mark.parametrize("config", CONFIGS,
+                         ids=lambda c: f"{c.kind}-{c.num_mel_bins}-e{int(c.use_energy)}-s{int(c.snip_edges)}")
 def test_matches_kaldi_per_utterance_in_one_batch(config, block, monkeypatch):
     # The CPU computes in blocks of frames: 7 splits every utterance in time, 200 puts two
     # utterances (98 frames long at most) in each block.

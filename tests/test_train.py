@@ -20,12 +20,12 @@ import torch
 import yaml
 
 from asr.checkpoint import load_checkpoint
-from asr.inference import InferenceModel
 from asr.cli import main
 from asr.config import load_config
 from asr.data.dataset import collate
-from asr.text import Tokenizer
 from asr.experiment import ExperimentConfig, ctc_min_frames, load_experiment_config
+from asr.inference import InferenceModel
+from asr.text import Tokenizer
 from asr.train import build_optimizer, learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +272,8 @@ def test_ddp_two_cpu_processes(corpus, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "asr.cli", "train", "--train", str(train_manifest), "--valid", str(corpus["valid"]),
-               "--exp", str(exp), *TINY, "data.max_duration=2", "train.epochs=2", "train.debug_rank_files=true", "train.device=cpu"]
+               "--exp", str(exp), *TINY, "data.max_duration=2", "train.epochs=2", "train.debug_rank_files=true",
+               "train.device=cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     debug = exp / "log" / "debug"
@@ -281,7 +282,7 @@ def test_ddp_two_cpu_processes(corpus, tmp_path):
         lines = (debug / f"rank{rank}.batches.txt").read_text().splitlines()
         batches[rank] = [line.split() for line in lines]  # step epoch ids...
     assert len(batches[0]) == len(batches[1]) > 0
-    for (step0, epoch0, *ids0), (step1, epoch1, *ids1) in zip(batches[0], batches[1]):
+    for (step0, epoch0, *_), (step1, epoch1, *_) in zip(batches[0], batches[1]):
         assert (step0, epoch0) == (step1, epoch1)
     assert len(batches[0]) == 4  # 2 epochs x 2 batches
     for epoch in ("0", "1"):
