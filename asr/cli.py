@@ -7,10 +7,63 @@ that calls into the package. A user error (`AsrError`) becomes one line on stder
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from asr.errors import AsrError
+
+
+# --- argument types: every number on the command line is range-checked here, so that a bad
+# value is argparse's one-line usage error (exit 2), never a traceback from deep inside ---------
+def _number(text: str, kind: type, test, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value) or not test(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _number(text, float, lambda v: v > 0, "a number > 0")
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (negative allowed)."""
+    return _number(text, float, lambda v: True, "a finite number")
+
+
+def int_range(low: int, high: int):
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        return _number(text, int, lambda v: low <= v <= high, f"an integer from {low} to {high}")
+    return parse
+
+
+def _check_outputs(*folders, files=()) -> None:
+    """Check that every output location (folders, then files; None skipped) can be written,
+    before any expensive work; a DataError `PATH: reason` otherwise."""
+    from asr.fileio import check_output
+
+    for path in folders:
+        if path is not None:
+            check_output(path, folder=True)
+    for path in files:
+        if path is not None:
+            check_output(path, folder=False)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -29,14 +82,18 @@ def _add_prepare(sub) -> None:
     libri.add_argument("--mirror", default=None,
                        help="base URL replacing https://www.openslr.org/resources (env ASR_LIBRISPEECH_MIRROR)")
     libri.add_argument("--manifest-dir", default=None, help="where manifests go (default DATA_DIR/manifests)")
-    libri.add_argument("--num-workers", type=int, default=None, help="processes reading headers (default: CPUs, max 8)")
+    libri.add_argument("--md5", action="append", default=[],
+                       help="NAME=MD5[,NAME=MD5...]: expected MD5 of a subset's archive on the mirror (repacked mirrors)")
+    libri.add_argument("--num-workers", type=non_negative_int, default=None,
+                       help="processes reading headers (default: CPUs, max 8)")
     folder = kinds.add_parser(
         "dir", help="one folder in LibriSpeech layout -> one manifest",
         description="Manifest for one folder laid out as <speaker>/<chapter>/*.flac (or any audio format "
         "libsndfile reads) + <speaker>-<chapter>.trans.txt. Audio paths are relative to the manifest.")
     folder.add_argument("corpus_root", metavar="CORPUS_ROOT", help="the subset folder (holds <speaker>/ folders)")
     folder.add_argument("--out", required=True, help="manifest to write (.jsonl)")
-    folder.add_argument("--num-workers", type=int, default=None, help="processes reading headers (default: CPUs, max 8)")
+    folder.add_argument("--num-workers", type=non_negative_int, default=None,
+                        help="processes reading headers (default: CPUs, max 8)")
     combine = kinds.add_parser(
         "combine", help="several manifests -> one (e.g. train-clean-100 + train-clean-360)",
         description="Concatenate manifests into one, audio paths made relative to the new manifest; "
@@ -49,13 +106,17 @@ def _run_prepare(args) -> int:
     from asr.data import librispeech
 
     if args.corpus == "combine":
+        _check_outputs(files=(args.out,))
         summaries = [librispeech.combine_manifests(args.inputs, args.out)]
     elif args.corpus == "librispeech":
+        _check_outputs(args.data_dir, args.manifest_dir)
+        md5 = librispeech.parse_md5_overrides(args.md5)
         subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
         summaries = librispeech.prepare_librispeech(
             args.data_dir, subsets, download=args.download, mirror=args.mirror,
-            manifest_dir=args.manifest_dir, num_workers=args.num_workers)
+            manifest_dir=args.manifest_dir, num_workers=args.num_workers, md5_overrides=md5)
     else:
+        _check_outputs(files=(args.out,))
         summaries = [librispeech.prepare_corpus(args.corpus_root, args.out, args.num_workers)]
     for summary in summaries:
         print(summary.format())
@@ -72,18 +133,18 @@ def _add_synth(sub) -> None:
         "Seeded: the same options give identical files. Resumable: complete chapters and splits are kept.")
     p.add_argument("--out", help="corpus root to write (required unless --voices)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--train-utts", type=int, default=None, help="train utterances (default 2000)")
-    size.add_argument("--hours-train", type=float, default=None,
+    size.add_argument("--train-utts", type=non_negative_int, default=None, help="train utterances (default 2000)")
+    size.add_argument("--hours-train", type=positive_float, default=None,
                       help="about this many hours of train audio (estimated from the texts)")
-    p.add_argument("--dev-utts", type=int, default=100, help="dev utterances (default 100)")
-    p.add_argument("--test-utts", type=int, default=100, help="test utterances, unseen voices (default 100)")
-    p.add_argument("--dev-voices", type=int, default=12, help="voices reserved for dev (default 12)")
-    p.add_argument("--test-voices", type=int, default=16, help="voices reserved for test (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seeds texts, voices and noise (default 0)")
+    p.add_argument("--dev-utts", type=non_negative_int, default=100, help="dev utterances (default 100)")
+    p.add_argument("--test-utts", type=non_negative_int, default=100, help="test utterances, unseen voices (default 100)")
+    p.add_argument("--dev-voices", type=positive_int, default=12, help="voices reserved for dev (default 12)")
+    p.add_argument("--test-voices", type=positive_int, default=16, help="voices reserved for test (default 16)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds texts, voices and noise (default 0)")
     p.add_argument("--text", default=None, help="text file, one sentence a line, instead of the grammar")
     p.add_argument("--no-augment", action="store_true",
                    help="no random level and no background noise (on by default, at a low level)")
-    p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
+    p.add_argument("--num-workers", type=non_negative_int, default=None, help="processes (default: CPU count)")
     p.add_argument("--voices", action="store_true", help="list the voices of each split and exit")
     p.set_defaults(func=_run_synth)
 
@@ -101,6 +162,7 @@ def _run_synth(args) -> int:
         return 0
     if not args.out:
         raise AsrError("--out is required (the corpus root to write)")
+    _check_outputs(args.out)
     print(synthetic.generate_corpus(args.out, config, num_workers=args.num_workers).format())
     return 0
 
@@ -122,12 +184,14 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from asr.config import dump_config
-    from asr.train import load_experiment_config, train
+    from asr.experiment import load_experiment_config
+    from asr.train import train
 
     config = load_experiment_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(config), end="")
         return 0
+    _check_outputs(args.exp)
     result = train(config, args.train, args.valid, args.exp)
     valid = result.valid or {}
     print(f"{result.exp_dir}: step {result.step}, epoch {result.epoch}, "
@@ -138,10 +202,69 @@ def _run_train(args) -> int:
 
 
 # --- decode / lm / score ---------------------------------------------------------------------
+class _Default:
+    """The argparse default of a decoding option. `_decoding_options` reads it as "not given";
+    `--help` prints the `asr.decode.DecodingOptions` field's default, imported only then (the
+    module imports torch), so the defaults are written once, in that dataclass."""
+
+    def __init__(self, field_name: str) -> None:
+        self.field_name = field_name
+
+    def __str__(self) -> str:
+        from asr.decode import DecodingOptions
+
+        return str(getattr(DecodingOptions, self.field_name))
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def _add_decoding_options(parser) -> None:
+    """The options of `asr.decode.DecodingOptions`, one per field, the same for every verb that decodes."""
+    g = parser.add_argument_group("decoding", "how the model's output becomes text (greedy, or beam search "
+                                  "with an optional word n-gram LM)")
+    g.add_argument("--decoder", choices=("greedy", "beam"), default=_Default("decoder"),
+                   help="greedy (best path) or beam (CTC prefix beam search) (default %(default)s)")
+    g.add_argument("--word-pause", type=_non_negative_float, default=_Default("word_pause"), metavar="SECONDS",
+                   help="greedy: a pause this long between two characters ends a word; 0: off (default %(default)s)")
+    g.add_argument("--beam-size", type=positive_int, default=_Default("beam_size"),
+                   help="beam: hypotheses kept after each frame (default %(default)s)")
+    g.add_argument("--beam-threshold", type=positive_float, default=_Default("beam_threshold"),
+                   help="beam: hypotheses scoring more than this below the best are pruned (default %(default)s)")
+    g.add_argument("--lm", help="beam: word n-gram LM, ARPA (.arpa, .arpa.gz) or KenLM binary (default: none)")
+    g.add_argument("--lexicon", help="beam: word list or lexicon, a word first on each line (needed with a KenLM "
+                   "binary; default: the ARPA's words)")
+    g.add_argument("--lm-weight", type=finite_float, default=_Default("lm_weight"),
+                   help="beam + LM: weight of the LM log-probability (default %(default)s)")
+    g.add_argument("--word-score", type=finite_float, default=_Default("word_score"),
+                   help="beam + LM or lexicon: score added per word (default %(default)s)")
+    g.add_argument("--tuned-from", help="beam + LM: the LM weight and word score of an `asr decode --tune` run "
+                   "(its tuned.json or results.json)")
+
+
+def _decoding_options(args):
+    """The `DecodingOptions` of the options `_add_decoding_options` declared; ConfigError for a
+    combination that means nothing, and for --tuned-from with explicit weights."""
+    import dataclasses
+
+    from asr.decode import DecodingOptions
+    from asr.evaluate import lm_weights
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodingOptions)}
+    given = {name: value for name, value in given.items() if value is not None and not isinstance(value, _Default)}
+    options = DecodingOptions(**given)  # the combination is checked before a tuned file is read
+    if options.tuned_from is not None:
+        weight, score = lm_weights(options.tuned_from, given.get("lm_weight"), given.get("word_score"))
+        options = dataclasses.replace(options, lm_weight=weight, word_score=score)
+    return options
+
+
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
+        return [finite_float(x) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
@@ -152,35 +275,31 @@ def _add_decode(sub) -> None:
                     "under EXP/decode/SET/DECODER/.")
     p.add_argument("--exp", required=True, help="experiment folder (outputs; checkpoint unless --checkpoint)")
     p.add_argument("--manifest", required=True, help="JSONL manifest to decode")
-    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     p.add_argument("--checkpoint", help="checkpoint .pt (default: EXP's avg-*.pt, else best.pt, else last.pt)")
     p.add_argument("--set", dest="set_name", help="set name in the output path (default: manifest file stem)")
-    p.add_argument("--lm", help="word n-gram LM for beam search: ARPA (.arpa, .arpa.gz) or KenLM binary")
-    p.add_argument("--lexicon", help="word list/lexicon (needed with a KenLM binary; default: the ARPA's words)")
-    p.add_argument("--lm-weight", type=float, help="LM weight (default 0.5)")
-    p.add_argument("--word-score", type=float, help="score added per word (default 0)")
-    p.add_argument("--beam-size", type=int, help="beam size (default 50)")
-    p.add_argument("--beam-threshold", type=float, help="beam score threshold (default 25)")
+    _add_decoding_options(p)
     p.add_argument("--tune", action="store_true", help="grid-search LM weight and word score on this manifest")
     p.add_argument("--tune-lm-weights", type=_floats, help="grid for --tune, e.g. 0.25,0.5,1 (default 0.25..2)")
     p.add_argument("--tune-word-scores", type=_floats, help="grid for --tune, e.g. -1,0,1 (default -1,0,1,2)")
-    p.add_argument("--tuned-from", help="tuned.json or results.json of a --tune run: use its LM weight and word score")
-    p.add_argument("--max-duration", type=float, default=200.0, help="padded seconds of audio per batch (default 200)")
-    p.add_argument("--num-workers", type=int, default=0, help="audio loading processes (default 0)")
+    p.add_argument("--max-duration", type=positive_float, default=200.0, help="padded seconds of audio per batch (default 200)")
+    p.add_argument("--num-workers", type=non_negative_int, default=0, help="audio loading processes (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=_run_decode)
 
 
 def _run_decode(args) -> int:
-    from asr.decode import DEFAULT_TUNE_LM_WEIGHTS, DEFAULT_TUNE_WORD_SCORES, decode_manifest
+    from asr.device import resolve_device
+    from asr.evaluate import TuneGrid, decode_manifest
 
-    results = decode_manifest(
-        args.exp, args.manifest, decoder=args.decoder, checkpoint=args.checkpoint, set_name=args.set_name,
-        lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score, beam_size=args.beam_size,
-        beam_threshold=args.beam_threshold, lexicon=args.lexicon, tune=args.tune, tuned_from=args.tuned_from,
-        tune_lm_weights=args.tune_lm_weights or DEFAULT_TUNE_LM_WEIGHTS,
-        tune_word_scores=args.tune_word_scores or DEFAULT_TUNE_WORD_SCORES,
-        max_duration=args.max_duration, num_workers=args.num_workers, device=args.device)
+    options = _decoding_options(args)
+    tune = None
+    if args.tune:
+        grid = {"lm_weights": args.tune_lm_weights, "word_scores": args.tune_word_scores}
+        tune = TuneGrid(**{name: tuple(values) for name, values in grid.items() if values})
+    _check_outputs(os.path.join(args.exp, "decode"))
+    device = resolve_device(args.device)
+    results = decode_manifest(args.exp, args.manifest, options, checkpoint=args.checkpoint, set_name=args.set_name,
+                              tune=tune, max_duration=args.max_duration, num_workers=args.num_workers, device=device)
     low, high = results["wer_ci95"]
     print(f"{results['set']} {results['decoder_settings']['decoder']}: %WER {results['wer']:.2f} "
           f"(95% CI {low:.2f}-{high:.2f}) %CER {results['cer']:.2f} on {results['utterances']} utterances, "
@@ -201,13 +320,14 @@ def _add_score(sub) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="score utterances without a hypothesis as deletions; ignore hypotheses without reference")
     p.add_argument("--report", help="write the full report (alignments, frequent errors) here")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args) -> int:
     from asr.score import score_files
 
+    _check_outputs(files=(args.report,))
     out = score_files(args.ref, args.hyp, allow_missing=args.allow_missing, report_path=args.report,
                       bootstrap_samples=args.bootstrap)
     for system in out["systems"]:
@@ -235,6 +355,7 @@ def _run_results(args) -> int:
     from asr.fileio import atomic_write_text
     from asr.score import collect_results
 
+    _check_outputs(files=(args.out,))
     table = collect_results(args.exp, title=args.title)
     atomic_write_text(args.out, table)
     print(table, end="")
@@ -253,33 +374,25 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--output-format", choices=("text", "json", "srt"), default="text",
                    help="text (default), json (words with start/end/confidence) or srt subtitles")
     p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt) instead of stdout")
-    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    p.add_argument("--beam-size", type=int, help="beam: hypotheses kept per frame")
-    p.add_argument("--lm", help="beam: word n-gram LM (ARPA, .arpa.gz or KenLM binary)")
-    p.add_argument("--lm-weight", type=float, help="beam: weight of the LM log-probability")
-    p.add_argument("--word-score", type=float, help="beam: score added per word")
-    p.add_argument("--tuned-from", help="beam: LM weight and word score from `asr decode --tune` (tuned.json)")
+    _add_decoding_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--max-chunk", type=float, default=20.0, help="longest chunk fed to the model, seconds (default 20)")
-    p.add_argument("--top-db", type=float, default=40.0, help="silence threshold below the loudest frame, dB (default 40)")
+    p.add_argument("--max-chunk", type=positive_float, default=20.0, help="longest chunk fed to the model, seconds (default 20)")
+    p.add_argument("--top-db", type=positive_float, default=40.0, help="silence threshold below the loudest frame, dB (default 40)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
     from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
 
-    inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
-    options = dict(beam_size=args.beam_size, lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score)
-    if args.decoder == "greedy" and (args.tuned_from or any(v is not None for v in options.values())):
-        raise AsrError("--beam-size, --lm, --lm-weight, --word-score and --tuned-from need --decoder beam")
-    if args.tuned_from:
-        from asr.decode import lm_weights
+    from asr.device import resolve_device
 
-        options["lm_weight"], options["word_score"] = lm_weights(args.tuned_from, args.lm_weight, args.word_score)
+    inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
+    _check_outputs(args.output_dir)  # and so does an output folder that cannot be written
+    device = resolve_device(args.device)
+    options = _decoding_options(args)
     chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
                               batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
-    transcriber = Transcriber.from_checkpoint(args.model, device=args.device, decoder=args.decoder,
-                                              chunking=chunking, **options)
+    transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking)
     summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir)
     where = f" -> {args.output_dir}" if args.output_dir else ""
     print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
@@ -295,15 +408,16 @@ def _add_lm(sub) -> None:
                           description="Train a Kneser-Ney n-gram LM with kaldingram on normalised text "
                                       "(one sentence per line, .gz or a .jsonl manifest also accepted).")
     b.add_argument("--text", required=True, action="append", help="training text (repeat for several files)")
-    b.add_argument("--order", type=int, default=3, help="n-gram order, 1-5 (default 3)")
+    b.add_argument("--order", type=int_range(1, 5), default=3, help="n-gram order, 1-5 (default 3)")
     b.add_argument("--out", required=True, help="output ARPA file (.arpa or .arpa.gz)")
-    b.add_argument("--prune", type=float, help="entropy pruning threshold, e.g. 1e-7 (default: no pruning)")
+    b.add_argument("--prune", type=positive_float, help="entropy pruning threshold, e.g. 1e-7 (default: no pruning)")
     p.set_defaults(func=_run_lm)
 
 
 def _run_lm(args) -> int:
     from asr.lm import build_lm
 
+    _check_outputs(files=(args.out,))
     summary = build_lm(args.text, args.order, args.out, prune_threshold=args.prune)
     counts = ", ".join(f"{n}-grams {c}" for n, c in sorted(summary.ngrams.items()))
     print(f"{summary.path}: order {summary.order}{' (pruned)' if summary.pruned else ''}, "
@@ -323,8 +437,9 @@ def _add_stats(sub) -> None:
 
 
 def _run_stats(args) -> int:
-    from asr.train import load_experiment_config, stats
+    from asr.experiment import load_experiment_config, stats
 
+    _check_outputs(args.exp)
     summary = stats(load_experiment_config(args.config, args.overrides), args.train, args.exp)
     print(f"{summary['kept']} of {summary['utterances']} utterances ({summary['hours']:.2f} h) within the length "
           f"limits; {summary['vocab_size']} tokens -> {summary['tokens']}; "
@@ -335,13 +450,14 @@ def _run_stats(args) -> int:
 def _add_average(sub) -> None:
     p = sub.add_parser("average", help="average the last K step checkpoints into checkpoints/avg-K.pt")
     p.add_argument("--exp", required=True, help="experiment folder")
-    p.add_argument("--last", type=int, default=5, help="number of step-N.pt checkpoints to average (default 5)")
+    p.add_argument("--last", type=positive_int, default=5, help="number of step-N.pt checkpoints to average (default 5)")
     p.set_defaults(func=_run_average)
 
 
 def _run_average(args) -> int:
     from asr.checkpoint import average_experiment
 
+    _check_outputs(os.path.join(args.exp, "checkpoints"))
     out, used = average_experiment(args.exp, args.last)
     print(f"{out}: mean of {', '.join(p.name for p in used)}")
     return 0
@@ -383,6 +499,7 @@ _LM_FILE_NAMES = ("3-gram.pruned.1e-7.arpa.gz", "3-gram.pruned.3e-7.arpa.gz", "3
 def _run_download(args) -> int:
     from asr.data import librispeech
 
+    _check_outputs(args.data_dir)
     md5 = librispeech.parse_md5_overrides(args.md5)
     if args.resource == "librispeech":
         subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
@@ -429,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:
+        # A file the verb could not read or write (permission, disk full, a file where a folder
+        # should be): the system's reason and the path, as one line.
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"asr {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
