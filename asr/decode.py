@@ -1,34 +1,93 @@
 """CTC decoding: greedy and beam search (with or without a word n-gram LM) behind one interface.
 
-Every decoder takes log-probabilities `(batch, frames, vocab)` and their lengths `(batch,)` and
-returns one `Hypothesis` per utterance: the text, the emitted tokens with the output frame of
-each, and word spans (frames) from which a caller derives word times with the model's
-`seconds_per_frame`.
+`DecodingOptions` says which decoder and how; `build_decoder(options, tokenizer, seconds_per_frame)`
+makes it. Every decoder takes log-probabilities `(batch, frames, vocab)` and their lengths
+`(batch,)` and returns one `Hypothesis` per utterance: the text, the emitted tokens with the
+output frame of each, and word spans (frames) from which a caller derives word times with the
+model's `seconds_per_frame`. Decoding a whole manifest and scoring it is `asr.evaluate`.
 
 Tokens follow `asr.text`: blank `"<blank>"` is id 0 and `"|"` separates words.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from asr.errors import ConfigError, DataError
-from asr.fileio import atomic_write_text
+from asr.lengths import valid_mask
+from asr.text import BLANK, SPACE, Tokenizer
 
-BLANK_ID = 0  # the CTC blank is always token 0 (asr.text.BLANK)
-SPACE_TOKEN = "|"  # the word separator token (asr.text.SPACE)
+BLANK_ID = Tokenizer.blank_id  # the CTC blank's id (always 0)
+DECODERS = ("greedy", "beam")
+
+# A pause this long between two characters ends a word in greedy decoding. Inside a word CTC
+# emits characters well under 0.3 s apart (at most 0.24 s on the demo's test set); a model trained
+# on single sentences often emits no "|" across the silence between two sentences, which would
+# otherwise glue their words together ("BEACH GEORGE" -> "BEACHGEORGE").
+WORD_PAUSE_S = 0.5
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How log-probabilities become text: the options `asr decode` and `asr transcribe` share.
+
+    Each field is the command-line option of the same name (`beam_size` is `--beam-size`) and
+    these are its only defaults: `DecodingOptions()` is what `asr decode` does by default
+    (greedy, with the word-pause rule). A combination that means nothing (an LM for the greedy
+    decoder, an LM weight without an LM) is a ConfigError when the object is made. Override
+    with `dataclasses.replace`.
+    """
+
+    decoder: str = "greedy"  # "greedy" (best path) or "beam" (CTC prefix beam search)
+    word_pause: float = WORD_PAUSE_S  # greedy: a pause this long (seconds) between two characters ends a word; 0: off
+    beam_size: int = 50  # beam: hypotheses kept after each frame
+    beam_threshold: float = 25.0  # beam: hypotheses scoring more than this below the best are pruned
+    lm: str | None = None  # beam: word n-gram LM, ARPA (.arpa, .arpa.gz) or KenLM binary; None: no LM
+    lexicon: str | None = None  # beam: word list or lexicon file (first field of a line); None: the ARPA's words
+    lm_weight: float = 0.5  # beam + LM: weight of the LM log-probability (natural log of KenLM's log10 scores)
+    word_score: float = 0.0  # beam + LM or lexicon: score added per word (positive favours more words)
+    tuned_from: str | None = None  # the `--tune` result that lm_weight and word_score were read from, or None
+
+    def __post_init__(self) -> None:
+        for name in ("lm", "lexicon", "tuned_from"):  # paths are kept as strings (results.json)
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, os.fspath(value))
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"unknown decoder {self.decoder!r}: choose 'greedy' or 'beam'")
+        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        if self.decoder == "greedy" and changed - {"decoder", "word_pause"}:
+            given = ", ".join(_option(name) for name in sorted(changed - {"decoder", "word_pause"}))
+            raise ConfigError(f"the greedy decoder takes no options (got {given}); they need --decoder beam")
+        if self.lm is None and changed & {"lm_weight", "tuned_from"}:
+            raise ConfigError(f"{_option(min(changed & {'lm_weight', 'tuned_from'}))} needs --decoder beam with --lm")
+        if "word_score" in changed and self.lm is None and self.lexicon is None:
+            raise ConfigError("--word-score needs --lm or --lexicon")
+        if self.decoder == "beam" and "word_pause" in changed:
+            raise ConfigError("--word-pause is a rule of the greedy decoder (--decoder greedy)")
+        if self.beam_size < 1:
+            raise ConfigError(f"--beam-size must be at least 1, got {self.beam_size}")
+        if not self.beam_threshold >= 0:
+            raise ConfigError(f"--beam-threshold must be 0 or more, got {self.beam_threshold}")
+        if not self.word_pause >= 0:
+            raise ConfigError(f"--word-pause must be 0 or more seconds, got {self.word_pause}")
+
+
+def _option(field_name: str) -> str:
+    """The command-line spelling of a DecodingOptions field: beam_size -> --beam-size."""
+    return "--" + field_name.replace("_", "-")
 
 
 @dataclass
@@ -77,7 +136,7 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None) 
         lengths = torch.full((batch,), frames, dtype=torch.long)
     lengths = lengths.to(best.device)
     previous = torch.nn.functional.pad(best[:, :-1], (1, 0), value=BLANK_ID)  # (batch, frames)
-    valid = torch.arange(frames, device=best.device)[None, :] < lengths[:, None]
+    valid = valid_mask(lengths, frames)
     emit = (best != BLANK_ID) & (best != previous) & valid  # (batch, frames)
     rows, cols = emit.nonzero(as_tuple=True)  # row-major: sorted by utterance, then frame
     counts = emit.sum(dim=1).tolist()
@@ -126,7 +185,7 @@ def word_spans(
         token_scores = frame_log_probs[idx_f, idx_t].float().tolist()
     for i, (token, frame) in enumerate(zip(tokens, token_frames)):
         piece = token_strings[token]
-        if piece == SPACE_TOKEN or token == BLANK_ID:
+        if piece == SPACE or token == BLANK_ID:
             close()
             continue
         chars.append(piece)
@@ -139,15 +198,8 @@ def word_spans(
 
 def _text_from_tokens(tokens: Sequence[int], token_strings: Sequence[str]) -> str:
     """Token ids -> words separated by single spaces (blank dropped, "|" is a space)."""
-    pieces = [" " if token_strings[t] == SPACE_TOKEN else token_strings[t] for t in tokens if t != BLANK_ID]
+    pieces = [" " if token_strings[t] == SPACE else token_strings[t] for t in tokens if t != BLANK_ID]
     return " ".join("".join(pieces).split())
-
-
-# A pause this long between two characters ends a word in greedy decoding. Inside a word CTC
-# emits characters well under 0.3 s apart (at most 0.24 s on the demo's test set); a model trained
-# on single sentences often emits no "|" across the silence between two sentences, which would
-# otherwise glue their words together ("BEACH GEORGE" -> "BEACHGEORGE").
-WORD_PAUSE_S = 0.5
 
 
 def word_pause_frames(seconds_per_frame: float, pause_s: float = WORD_PAUSE_S) -> int:
@@ -174,7 +226,8 @@ class GreedyDecoder:
     """Best-path decoding: argmax per frame, merge repeats, drop blanks.
 
     word_pause_frames > 0: a run of at least that many frames between two characters also ends a
-    word (see WORD_PAUSE_S; `asr decode` and `asr transcribe` set it from the model's frame rate).
+    word (see WORD_PAUSE_S; `build_decoder` sets it from `DecodingOptions.word_pause` and the
+    model's frame rate).
     """
 
     name = "greedy"
@@ -182,7 +235,7 @@ class GreedyDecoder:
     def __init__(self, tokenizer, word_pause_frames: int = 0) -> None:
         self.tokens = _token_list(tokenizer)
         self.word_pause_frames = int(word_pause_frames)
-        self.space_id = self.tokens.index(SPACE_TOKEN) if SPACE_TOKEN in self.tokens else None
+        self.space_id = self.tokens.index(SPACE) if SPACE in self.tokens else None
 
     def settings(self) -> dict:
         """The decoder's options, for results files."""
@@ -204,7 +257,7 @@ class GreedyDecoder:
             lengths = torch.full((batch,), frames, dtype=torch.long)
         lengths = lengths.to(log_probs.device)
         paths = greedy_decode(log_probs, lengths)
-        valid = torch.arange(frames, device=log_probs.device)[None, :] < lengths[:, None]
+        valid = valid_mask(lengths, frames)
         best_scores = (log_probs.max(dim=-1).values * valid).sum(dim=1).tolist()  # best-path log-prob
         log_probs_cpu = log_probs.float().cpu()
         hyps = []
@@ -257,11 +310,11 @@ class BeamSearchDecoder:
     def __init__(
         self,
         tokenizer,
-        beam_size: int = 50,
-        beam_threshold: float = 25.0,
+        beam_size: int = DecodingOptions.beam_size,
+        beam_threshold: float = DecodingOptions.beam_threshold,
         lm: str | os.PathLike | None = None,
-        lm_weight: float = 0.5,
-        word_score: float = 0.0,
+        lm_weight: float = DecodingOptions.lm_weight,
+        word_score: float = DecodingOptions.word_score,
         lexicon=None,
         beam_size_token: int | None = None,
         _shared: "BeamSearchDecoder | None" = None,
@@ -269,11 +322,7 @@ class BeamSearchDecoder:
         """
         Args:
             tokenizer: `asr.text.Tokenizer` (or its token list).
-            beam_size: hypotheses kept after each frame.
-            beam_threshold: hypotheses scoring more than this below the best are pruned.
-            lm: word n-gram LM, ARPA (`.arpa`, `.arpa.gz`) or KenLM binary; None for no LM.
-            lm_weight: weight of the LM log-probability (natural log scale of KenLM's log10 * ln 10).
-            word_score: score added per word (positive favours more words).
+            beam_size, beam_threshold, lm, lm_weight, word_score: see `DecodingOptions`.
             lexicon: an `asr.lm.Lexicon`, a lexicon/word-list file (first field of each line is a
                 word), or None (built from the ARPA unigrams when `lm` is given).
             beam_size_token: tokens considered per frame; None for all.
@@ -282,9 +331,9 @@ class BeamSearchDecoder:
 
         self._ctc_decoder = ctc_decoder
         self.tokens = _token_list(tokenizer)
-        if self.tokens[0] != "<blank>" or SPACE_TOKEN not in self.tokens:
-            raise ValueError(f"token list must start with '<blank>' and contain {SPACE_TOKEN!r}")
-        self.space_id = self.tokens.index(SPACE_TOKEN)
+        if self.tokens[0] != BLANK or SPACE not in self.tokens:
+            raise ValueError(f"token list must start with {BLANK!r} and contain {SPACE!r}")
+        self.space_id = self.tokens.index(SPACE)
         self.beam_size = int(beam_size)
         self.beam_threshold = float(beam_threshold)
         self.beam_size_token = beam_size_token
@@ -292,7 +341,7 @@ class BeamSearchDecoder:
         self.word_score = float(word_score)
         if _shared is not None:  # same LM and lexicon, other weights: reuse the loaded LM
             self.lm_path, self.lexicon, self._lexicon_path = _shared.lm_path, _shared.lexicon, _shared._lexicon_path
-            self._workdir, self._kenlm = _shared._workdir, _shared._kenlm
+            self.lexicon_file, self._workdir, self._kenlm = _shared.lexicon_file, _shared._workdir, _shared._kenlm
         else:
             self._setup(lm, lexicon)
         self._decoder = self._make_decoder()
@@ -300,7 +349,8 @@ class BeamSearchDecoder:
     def _setup(self, lm, lexicon) -> None:
         from asr import lm as lm_module
 
-        self.lm_path = str(lm) if lm is not None else None
+        self.lm_path = os.fspath(lm) if lm is not None else None
+        self.lexicon_file = os.fspath(lexicon) if isinstance(lexicon, (str, os.PathLike)) else None
         self.lexicon = None
         self._lexicon_path = None
         self._kenlm = None
@@ -309,36 +359,26 @@ class BeamSearchDecoder:
             return
         self._workdir = tempfile.TemporaryDirectory(prefix="asr-decode-")
         workdir = Path(self._workdir.name)
+        is_arpa = _lm_format(lm) == "arpa" if lm is not None else False
         if isinstance(lexicon, lm_module.Lexicon):
             self.lexicon = lexicon
+        elif lexicon is not None:
+            self.lexicon = lm_module.build_lexicon(lm_module.read_word_list(lexicon), self.tokens)
+        elif is_arpa:
+            self.lexicon = lm_module.build_lexicon(lm_module.read_arpa_vocabulary(lm), self.tokens)
         else:
-            if lexicon is not None:
-                words = lm_module.read_word_list(lexicon)
-            elif lm_module.is_arpa(lm):
-                words = lm_module.read_arpa_vocabulary(lm)
-            else:
-                raise DataError(f"{lm}: a KenLM binary LM needs a lexicon or word list (lexicon=...)")
-            self.lexicon = lm_module.build_lexicon(words, self.tokens)
-        if len(self.lexicon) == 0:
-            raise DataError(f"{lm or lexicon}: no word of the LM can be spelled with the tokenizer ({self.lexicon.report()})")
+            raise DataError(f"{lm}: a KenLM binary LM needs a lexicon or word list (--lexicon)")
         self._lexicon_path = str(workdir / "lexicon.txt")
         self.lexicon.write(self._lexicon_path)
         if lm is not None:
-            from flashlight.lib.text.decoder.kenlm import KenLM
-            from flashlight.lib.text.dictionary import create_word_dict, load_words
-
-            lm_file = Path(lm)
-            if lm_module._is_gzip(lm_file):  # KenLM reads plain ARPA or its binary only
-                lm_file = workdir / "lm.arpa"
-                with gzip.open(lm, "rb") as src, open(lm_file, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            # Load the LM once with the same word dictionary ctc_decoder builds from the lexicon
-            # file, so that re-weighting (tuning) does not reload it.
-            word_dict = create_word_dict(load_words(self._lexicon_path))
-            try:
-                self._kenlm = KenLM(str(lm_file), word_dict)
-            except Exception as e:  # KenLM raises a bare RuntimeError on a corrupt file
-                raise DataError(f"{lm}: cannot load language model: {e}") from None
+            lm_file = _plain_arpa(lm, workdir) if is_arpa else Path(lm)
+            # A corrupt ARPA can look like an LM none of whose words can be spelled: KenLM, the
+            # reference reader, decides first. Loaded once, with the word dictionary ctc_decoder
+            # builds from the lexicon file, so that re-weighting (tuning) does not reload it.
+            self._kenlm = _load_kenlm(lm, lm_file, self._lexicon_path, is_arpa)
+        if len(self.lexicon) == 0:
+            raise DataError(f"{lm or lexicon}: no word of the LM can be spelled with the tokenizer "
+                            f"({self.lexicon.report()})")
 
     def _make_decoder(self):
         return self._ctc_decoder(
@@ -352,7 +392,7 @@ class BeamSearchDecoder:
             lm_weight=self.lm_weight,
             word_score=self.word_score,
             blank_token=self.tokens[BLANK_ID],
-            sil_token=SPACE_TOKEN,
+            sil_token=SPACE,
             unk_word="<unk>",
         )
 
@@ -378,6 +418,8 @@ class BeamSearchDecoder:
         }
         if self.lm_path is not None:
             out.update(lm_weight=self.lm_weight, word_score=self.word_score)
+        if self.lexicon_file is not None:
+            out["lexicon"] = self.lexicon_file
         if self.lexicon is not None:
             out.update(lexicon_words=len(self.lexicon), lexicon_skipped=self.lexicon.skipped_words)
         return out
@@ -421,237 +463,116 @@ class BeamSearchDecoder:
         return hyps
 
 
-def build_decoder(name: str, tokenizer, **options):
-    """A decoder by name: "greedy" (option: word_pause_frames) or "beam" (options of
-    `BeamSearchDecoder`; word_pause_frames is ignored there).
 
-    Options that are None are left at their defaults.
+
+def build_decoder(options: DecodingOptions, tokenizer, seconds_per_frame: float):
+    """The decoder `options` describe: a `GreedyDecoder` or a `BeamSearchDecoder`.
+
+    Args:
+        options: which decoder and its settings.
+        tokenizer: `asr.text.Tokenizer` (or its token list).
+        seconds_per_frame: the model's output frame period (seconds), for the greedy word pause.
     """
-    options = {k: v for k, v in options.items() if v is not None}
-    pause = options.pop("word_pause_frames", 0)
-    if name == "greedy":
-        if options:
-            raise ConfigError(f"the greedy decoder takes no options (got {', '.join(sorted(options))}); use --decoder beam")
+    if options.decoder == "greedy":
+        pause = word_pause_frames(seconds_per_frame, options.word_pause) if options.word_pause > 0 else 0
         return GreedyDecoder(tokenizer, word_pause_frames=pause)
-    if name == "beam":
-        return BeamSearchDecoder(tokenizer, **options)
-    raise ConfigError(f"unknown decoder {name!r}: choose 'greedy' or 'beam'")
+    return BeamSearchDecoder(tokenizer, beam_size=options.beam_size, beam_threshold=options.beam_threshold,
+                             lm=options.lm, lm_weight=options.lm_weight, word_score=options.word_score,
+                             lexicon=options.lexicon)
 
 
-# --- decoding a manifest -------------------------------------------------------------------------
+# --- KenLM files ----------------------------------------------------------------------------------
 
-DEFAULT_TUNE_LM_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # grid searched by --tune
-DEFAULT_TUNE_WORD_SCORES = (-1.0, 0.0, 1.0, 2.0)
+_KENLM_MAGIC = b"mmap lm http://kheafield.com/code"  # how every KenLM binary file begins
 
 
-def load_tuned(path: str | os.PathLike) -> dict:
-    """LM weight and word score from a `tuned.json` or a `results.json` written by `--tune`.
+def _lm_format(path: str | os.PathLike) -> str:
+    """"arpa" (plain or gzip) or "binary" (KenLM); DataError naming the file for anything else."""
+    from asr.lm import is_arpa
 
-    Returns {"lm_weight": float, "word_score": float}; DataError naming the file otherwise.
+    if is_arpa(path):
+        return "arpa"
+    with open(path, "rb") as f:
+        if f.read(len(_KENLM_MAGIC)) == _KENLM_MAGIC:
+            return "binary"
+    raise DataError(f"{path}: not a language model: neither ARPA (no \\data\\ header) nor a KenLM binary")
+
+
+def _plain_arpa(path: str | os.PathLike, workdir: Path) -> Path:
+    """The ARPA file itself, or a decompressed copy in `workdir` (KenLM reads plain ARPA only)."""
+    from asr.lm import _is_gzip
+
+    if not _is_gzip(path):
+        return Path(path)
+    plain = workdir / "lm.arpa"
+    with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return plain
+
+
+# What KenLM writes on stderr while it reads an ARPA file, every time: dropped. Anything else it
+# writes (e.g. "The ARPA file is missing <unk>") is passed on, prefixed with the LM's name.
+_KENLM_CHATTER = re.compile(r"^(Loading the LM will be faster if you build a binary file\.|Reading .*|[-0-9*]*)$")
+
+
+def _load_kenlm(lm: str | os.PathLike, lm_file: Path, lexicon_path: str, is_arpa: bool):
+    """flashlight's KenLM over `lm_file`, its loading chatter kept off the terminal.
+
+    KenLM writes from C++ to file descriptor 2, so that descriptor (not `sys.stderr`) is sent to
+    a temporary file while it loads. A file KenLM refuses is a DataError naming `lm` and, for an
+    ARPA file, the line KenLM stopped at.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a JSON file: {e}") from None
-    tuned = data.get("tuned", data) if isinstance(data, dict) else None
-    if not isinstance(tuned, dict) or "lm_weight" not in tuned or "word_score" not in tuned:
-        raise DataError(f"{path}: no tuned 'lm_weight' and 'word_score' (write one with asr decode --tune)")
-    return {"lm_weight": float(tuned["lm_weight"]), "word_score": float(tuned["word_score"])}
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import create_word_dict, load_words
+
+    word_dict = create_word_dict(load_words(lexicon_path))
+    sys.stderr.flush()
+    saved = os.dup(2)
+    error = None
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            model = KenLM(str(lm_file), word_dict)
+        except Exception as e:  # KenLM raises a bare RuntimeError on a corrupt file
+            error = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        said = capture.read().decode("utf-8", "replace")
+    if error is not None:
+        raise DataError(_kenlm_error(lm, lm_file, str(error), is_arpa)) from None
+    for line in said.splitlines():
+        line = line.strip().strip("*").strip()
+        if line and not _KENLM_CHATTER.match(line):
+            print(f"{lm}: {line}", file=sys.stderr)
+    return model
 
 
-def lm_weights(tuned_from: str | os.PathLike | None, lm_weight: float | None,
-               word_score: float | None) -> tuple[float | None, float | None]:
-    """(lm_weight, word_score): those of a `--tune` run when `tuned_from` names one, else as given.
+def _kenlm_error(lm: str | os.PathLike, lm_file: Path, message: str, is_arpa: bool) -> str:
+    """One line from a KenLM exception: `LM:LINE: not a valid ARPA LM: reason` for ARPA files.
 
-    ConfigError when both a tuned file and explicit weights are given.
+    KenLM's message is `SOURCE:LINE in FUNCTION threw XException because `CONDITION'.` then the
+    reason, ending with ` Byte: N` (the offset in the plain ARPA file) when it knows where.
     """
-    if tuned_from is None:
-        return lm_weight, word_score
-    if lm_weight is not None or word_score is not None:
-        raise ConfigError("give either --tuned-from or --lm-weight/--word-score, not both")
-    tuned = load_tuned(tuned_from)
-    return tuned["lm_weight"], tuned["word_score"]
+    lines = message.strip().splitlines()
+    reason = " ".join(lines[1:] if len(lines) > 1 and " threw " in lines[0] else lines).strip()
+    offset = re.search(r"\s*Byte: (\d+)$", reason)
+    reason = reason[: offset.start()] if offset else reason
+    if not is_arpa:
+        return f"{lm}: cannot load the KenLM binary LM: {reason}"
+    where = f"{lm}:{_line_at(lm_file, int(offset.group(1)))}" if offset else f"{lm}"
+    return f"{where}: not a valid ARPA LM: {reason}"
 
 
-def decoder_label(name: str, lm: str | os.PathLike | None) -> str:
-    """Folder name of a decoder's results: "greedy", "beam", or "beam-<LM file stem>"."""
-    if name != "beam" or lm is None:
-        return name
-    stem = Path(lm).name
-    for suffix in (".gz", ".arpa", ".bin", ".binary", ".klm"):
-        stem = stem.removesuffix(suffix)
-    return f"beam-{stem}"
-
-
-def _decode_all(decoder, emissions: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Hypothesis]:
-    hyps: list[Hypothesis] = []
-    for log_probs, lengths in emissions:
-        hyps.extend(decoder.decode(log_probs, lengths))
-    return hyps
-
-
-def tune_weights(
-    decoder: BeamSearchDecoder,
-    emissions: list[tuple[torch.Tensor, torch.Tensor]],
-    refs: Sequence[str],
-    lm_weights: Sequence[float] = DEFAULT_TUNE_LM_WEIGHTS,
-    word_scores: Sequence[float] = DEFAULT_TUNE_WORD_SCORES,
-) -> tuple[dict, list[dict], list[Hypothesis]]:
-    """Grid search of LM weight and word score on log-probs computed once.
-
-    Args:
-        decoder: a beam decoder with an LM (its LM is loaded once and shared).
-        emissions: batches of (log_probs (B, T, V), lengths (B,)), in the order of `refs`.
-        refs: reference texts, normalised.
-
-    Returns:
-        (best {"lm_weight", "word_score", "wer"}, the grid [{"lm_weight", "word_score", "wer"}],
-        the hypotheses of the best point). Ties go to the first point in grid order.
-    """
-    from asr.score import wer_cer
-
-    if decoder.lm_path is None:
-        raise ConfigError("--tune needs a beam decoder with an LM (--decoder beam --lm LM)")
-    grid: list[dict] = []
-    best: dict | None = None
-    best_hyps: list[Hypothesis] = []
-    points = [(w, s) for w in lm_weights for s in word_scores]
-    for lm_weight, word_score in tqdm(points, desc="tune", unit="point", disable=None):
-        hyps = _decode_all(decoder.with_weights(lm_weight, word_score), emissions)
-        wer, _ = wer_cer(refs, [h.text for h in hyps])
-        grid.append({"lm_weight": lm_weight, "word_score": word_score, "wer": 100 * wer})
-        if best is None or grid[-1]["wer"] < best["wer"]:
-            best, best_hyps = grid[-1], hyps
-    return dict(best), grid, best_hyps
-
-
-def decode_manifest(
-    exp: str | os.PathLike,
-    manifest: str | os.PathLike,
-    decoder: str = "greedy",
-    checkpoint: str | os.PathLike | None = None,
-    set_name: str | None = None,
-    lm: str | os.PathLike | None = None,
-    lm_weight: float | None = None,
-    word_score: float | None = None,
-    beam_size: int | None = None,
-    beam_threshold: float | None = None,
-    lexicon: str | os.PathLike | None = None,
-    tune: bool = False,
-    tuned_from: str | os.PathLike | None = None,
-    tune_lm_weights: Sequence[float] = DEFAULT_TUNE_LM_WEIGHTS,
-    tune_word_scores: Sequence[float] = DEFAULT_TUNE_WORD_SCORES,
-    max_duration: float = 200.0,
-    num_workers: int = 0,
-    device: str | None = None,
-) -> dict:
-    """Decode every utterance of a manifest with a trained model and score it.
-
-    Writes under `exp/decode/<set>/<decoder label>/` (see `decoder_label`), each atomically:
-    `hyp.txt`, `ref.txt` (Kaldi `UTT-ID WORDS`), `report.txt` (see `asr.score.format_report`),
-    `results.json` (WER, CER, SER, counts, 95% CI, decoder settings, real-time factors) and,
-    with `tune`, `tuned.json` (the best LM weight and word score, reusable with `tuned_from`).
-
-    Args:
-        exp: experiment folder (outputs go there; the checkpoint too unless `checkpoint`).
-        manifest: JSONL manifest to decode.
-        decoder: "greedy" or "beam".
-        checkpoint: a `.pt` file; default: `asr.checkpoint.resolve_checkpoint(exp)`.
-        set_name: name of the set in the output path; default: the manifest's file stem.
-        lm, lm_weight, word_score, beam_size, beam_threshold, lexicon: beam search options.
-        tune: grid-search LM weight and word score on this manifest (log-probs computed once).
-        tuned_from: take LM weight and word score from a previous `--tune` (tuned.json or results.json).
-        max_duration: padded seconds of audio per model batch.
-        num_workers: audio loading worker processes.
-        device: "cpu", "cuda", ...; default CUDA when available.
-
-    Returns:
-        the dict written to results.json.
-    """
-    from asr.checkpoint import InferenceModel
-    from asr.data.dataset import make_loader
-    from asr.data.manifest import read_manifest
-    from asr.score import format_report, score_texts, write_kaldi_text
-
-    lm_weight, word_score = lm_weights(tuned_from, lm_weight, word_score)
-    if (tune or tuned_from is not None) and (decoder != "beam" or lm is None):
-        raise ConfigError("--tune and --tuned-from need --decoder beam with --lm")
-    records = read_manifest(manifest)
-    if not records:
-        raise DataError(f"{manifest}: manifest has no utterances")
-    set_name = set_name or Path(manifest).name.removesuffix(".gz").removesuffix(".jsonl")
-    model = InferenceModel.from_checkpoint(checkpoint if checkpoint is not None else exp, device=device)
-    dec = build_decoder(decoder, model.tokenizer, lm=lm, lm_weight=lm_weight, word_score=word_score,
-                        beam_size=beam_size, beam_threshold=beam_threshold, lexicon=lexicon,
-                        word_pause_frames=word_pause_frames(model.seconds_per_frame))
-    out_dir = Path(exp) / "decode" / set_name / decoder_label(decoder, lm)
-
-    loader = make_loader(records, model.tokenizer, max_duration, shuffle=False, seed=0,
-                         num_workers=num_workers, sample_rate=model.sample_rate)
-    by_id = {r["id"]: r for r in records}
-    ids: list[str] = []
-    emissions: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hyps: list[Hypothesis] = []
-    model_seconds = decode_seconds = audio_seconds = 0.0
-    for batch in tqdm(loader, desc=f"decode {set_name}", unit="batch", disable=None):
-        start = time.perf_counter()
-        log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths)
-        middle = time.perf_counter()
-        if not tune:
-            hyps.extend(dec.decode(log_probs, out_lengths))
-        end = time.perf_counter()
-        model_seconds += middle - start
-        decode_seconds += end - middle
-        audio_seconds += float(batch.wave_lengths.sum()) / model.sample_rate
-        ids.extend(batch.ids)
-        if tune:
-            emissions.append((log_probs, out_lengths))
-    refs = [by_id[u]["text"] for u in ids]
-    tuned = grid = None
-    if tune:
-        start = time.perf_counter()
-        tuned, grid, hyps = tune_weights(dec, emissions, [" ".join(r.split()) for r in refs],
-                                         tune_lm_weights, tune_word_scores)
-        decode_seconds = (time.perf_counter() - start) / len(grid)  # one decoding pass
-        dec = dec.with_weights(tuned["lm_weight"], tuned["word_score"])
-
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
-    ids = [ids[i] for i in order]
-    refs = [refs[i] for i in order]
-    hyp_texts = [hyps[i].text for i in order]
-    result = score_texts(ids, refs, hyp_texts)
-    summary = result.summary()
-    results = {
-        "set": set_name,
-        "manifest": str(manifest),
-        "checkpoint": str(model.path),
-        "decoder_settings": dec.settings(),
-        **summary,
-        "audio_seconds": audio_seconds,
-        "rtf": (model_seconds + decode_seconds) / audio_seconds if audio_seconds else None,
-        "rtf_model": model_seconds / audio_seconds if audio_seconds else None,
-        "rtf_decoder": decode_seconds / audio_seconds if audio_seconds else None,
-        "device": str(model.device),
-    }
-    if tuned_from is not None:
-        results["tuned_from"] = str(tuned_from)
-    if tune:
-        results["tuned"] = {"lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"], "wer": tuned["wer"]}
-        results["tune_grid"] = grid
-    header = (f"set {set_name}  manifest {manifest}\ncheckpoint {model.path}\n"
-              f"decoder {json.dumps(dec.settings())}\n")
-    if getattr(dec, "lexicon", None) is not None and dec.lexicon.skipped_words:
-        header += dec.lexicon.report() + "\n"
-    write_kaldi_text(out_dir / "hyp.txt", list(zip(ids, hyp_texts)))
-    write_kaldi_text(out_dir / "ref.txt", list(zip(ids, refs)))
-    atomic_write_text(out_dir / "report.txt", header + format_report(result))
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    if tune:
-        tuned_out = {"lm": str(lm), "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"],
-                     "wer": tuned["wer"], "set": set_name, "checkpoint": str(model.path)}
-        atomic_write_text(out_dir / "tuned.json", json.dumps(tuned_out, indent=2) + "\n")
-    results["out_dir"] = str(out_dir)
-    return results
+def _line_at(path: Path, offset: int) -> int:
+    """1-based number of the line holding byte `offset` of `path`."""
+    newlines = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 20))
+            if not block:
+                break
+            newlines += block.count(b"\n")
+            offset -= len(block)
+    return newlines + 1

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from asr.audio import SAMPLE_RATE, audio_info, load_audio, resample
+from asr.decode import DecodingOptions, build_decoder
 from asr.errors import AsrError, AudioError
 from asr.features import num_frames
 
@@ -404,7 +405,7 @@ class Transcriber:
     """
 
     def __init__(self, inference_model, decoder, chunking: ChunkingConfig = ChunkingConfig()) -> None:
-        """inference_model: an `asr.checkpoint.InferenceModel`; decoder: from `asr.decode.build_decoder`."""
+        """inference_model: an `asr.inference.InferenceModel`; decoder: from `asr.decode.build_decoder`."""
         self.inference = inference_model
         self.decoder = decoder
         self.chunking = chunking
@@ -415,19 +416,14 @@ class Transcriber:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        decoder: str = "greedy", chunking: ChunkingConfig = ChunkingConfig(),
-                        **decoder_options) -> "Transcriber":
-        """Load a checkpoint (a `.pt` file or an experiment folder) and build the decoder.
-
-        decoder: "greedy" or "beam"; decoder_options go to `asr.decode.build_decoder`
-        (beam: beam_size, beam_threshold, lm (ARPA path), lm_weight, word_score, lexicon).
-        """
-        from asr.checkpoint import InferenceModel
-        from asr.decode import build_decoder, word_pause_frames
+                        options: DecodingOptions = DecodingOptions(),
+                        chunking: ChunkingConfig = ChunkingConfig()) -> "Transcriber":
+        """Load a checkpoint (a `.pt` file or an experiment folder) and build the decoder `options`
+        describe (default: greedy, as `asr decode` and `asr transcribe` decode by default)."""
+        from asr.inference import InferenceModel
 
         inference = InferenceModel.from_checkpoint(path, device=device)
-        decoder_options.setdefault("word_pause_frames", word_pause_frames(inference.seconds_per_frame))
-        return cls(inference, build_decoder(decoder, inference.tokenizer, **decoder_options), chunking)
+        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking)
 
     def transcribe(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,
                    sample_rate: int | None = None) -> Transcript:

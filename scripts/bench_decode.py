@@ -89,14 +89,17 @@ def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repea
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asr.decode import DecodingOptions
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint .pt or experiment folder")
     parser.add_argument("--manifest", required=True, help="JSONL manifest (id, audio, duration, text)")
-    parser.add_argument("--lm", help="word n-gram LM (ARPA) for the beam + LM row")
+    parser.add_argument("--lm", help="word n-gram LM (ARPA or KenLM binary) for the beam + LM row")
+    parser.add_argument("--lexicon", help="word list for the beam + LM row (default: the ARPA's words)")
     parser.add_argument("--max-utts", type=int, default=200, help="utterances from the start of the manifest")
-    parser.add_argument("--beam-size", type=int, default=50)
-    parser.add_argument("--lm-weight", type=float, default=0.5)
-    parser.add_argument("--word-score", type=float, default=0.0)
+    parser.add_argument("--beam-size", type=int, default=DecodingOptions.beam_size)
+    parser.add_argument("--lm-weight", type=float, default=DecodingOptions.lm_weight)
+    parser.add_argument("--word-score", type=float, default=DecodingOptions.word_score)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the targets are for 1)")
     parser.add_argument("--batch-s", type=float, default=160.0,
                         help="seconds of audio transcribed together (asr transcribe's grouping; default 160)")
@@ -111,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from asr.audio import load_audio, resample
-    from asr.checkpoint import InferenceModel, resolve_checkpoint
+    from asr.checkpoint import resolve_checkpoint
     from asr.data.manifest import read_manifest
-    from asr.decode import build_decoder, word_pause_frames
+    from asr.decode import build_decoder
     from asr.errors import AsrError
+    from asr.inference import InferenceModel
     from asr.model import count_parameters
 
     torch.set_num_threads(args.threads)
@@ -129,18 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for label in args.decoders.split(","):
             if label == "greedy":
-                decoder = build_decoder("greedy", inference.tokenizer,
-                                        word_pause_frames=word_pause_frames(inference.seconds_per_frame))
+                options = DecodingOptions()  # what asr decode and asr transcribe do by default
             elif label == "beam":
-                decoder = build_decoder("beam", inference.tokenizer, beam_size=args.beam_size)
+                options = DecodingOptions(decoder="beam", beam_size=args.beam_size)
             elif label == "beam+lm":
                 if not args.lm:
                     print("skipping beam+lm: no --lm given", file=sys.stderr)
                     continue
-                decoder = build_decoder("beam", inference.tokenizer, beam_size=args.beam_size, lm=args.lm,
-                                        lm_weight=args.lm_weight, word_score=args.word_score)
+                options = DecodingOptions(decoder="beam", beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
+                                          lm_weight=args.lm_weight, word_score=args.word_score)
             else:
                 raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
+            decoder = build_decoder(options, inference.tokenizer, inference.seconds_per_frame)
             rows.append(bench(inference, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s,
                               max(1, args.repeat)))
     except AsrError as err:

@@ -24,7 +24,8 @@ import soundfile
 import torch
 
 from asr.audio import resample
-from asr.decode import load_tuned
+from asr.decode import DecodingOptions
+from asr.evaluate import load_tuned
 from asr.transcribe import Transcriber
 
 RATE = 16000
@@ -88,10 +89,11 @@ def main() -> int:
     parser.add_argument("--tuned-from", help="LM weight and word score from asr decode --tune")
     args = parser.parse_args()
 
-    options = {}
+    options = DecodingOptions()
     if args.lm:
-        options = dict(lm=args.lm, **(load_tuned(args.tuned_from) if args.tuned_from else {}))
-    transcriber = Transcriber.from_checkpoint(args.model, decoder="beam" if args.lm else "greedy", **options)
+        tuned = {**load_tuned(args.tuned_from), "tuned_from": args.tuned_from} if args.tuned_from else {}
+        options = DecodingOptions(decoder="beam", lm=args.lm, **tuned)
+    transcriber = Transcriber.from_checkpoint(args.model, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         inputs = build_inputs(read_test_utterances(Path(args.corpus)), Path(tmp), args.minutes,
                               args.short_minutes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode import GreedyDecoder, build_decoder, greedy_decode, word_pause_frames, word_spans
+from asr.decode import DecodingOptions, GreedyDecoder, build_decoder, greedy_decode, word_pause_frames, word_spans
 
 TOKENS = ["<blank>", "|", "'", "A", "B", "C", "D", "E", "O", "T"]
 
@@ -56,7 +56,7 @@ def test_greedy_ends_a_word_at_a_long_pause():
     assert hyp.text == "A B C"
     assert [(w.word, w.start_frame, w.end_frame) for w in hyp.words] == [("A", 0, 1), ("B", 6, 7), ("C", 8, 9)]
     assert GreedyDecoder(TOKENS, word_pause_frames=6).settings() == {"decoder": "greedy", "word_pause_frames": 6}
-    assert build_decoder("greedy", TOKENS, word_pause_frames=6).word_pause_frames == 6
+    assert build_decoder(DecodingOptions(word_pause=0.06), TOKENS, 0.01).word_pause_frames == 6
     assert word_pause_frames(0.04) == 12 and word_pause_frames(0.01, 0.5) == 50
 
 
@@ -86,11 +86,9 @@ def test_word_spans_confidence():
 
 # --- beam search ----------------------------------------------------------------------------------
 
-import json  # noqa: E402
-
 import pytest  # noqa: E402
 
-from asr.decode import BeamSearchDecoder, load_tuned, tune_weights  # noqa: E402
+from asr.decode import BeamSearchDecoder  # noqa: E402
 from asr.errors import ConfigError, DataError  # noqa: E402
 from asr.lm import build_lm  # noqa: E402
 
@@ -150,12 +148,17 @@ def test_beam_without_lm_equals_greedy_on_peaked_log_probs():
         assert all(0 <= f < 50 for f in hyp.token_frames)
 
 
+def write_cat_lm(folder):
+    """A trigram ARPA (gzip) of nine words: THE CAT SAT ON MAT DOG A RED HAT."""
+    text = folder / "lm.txt"
+    text.write_text("the cat sat on the mat\n" * 20 + "the cat sat\nthe dog sat\na red hat\n", encoding="utf-8")
+    build_lm(text, 3, folder / "lm.arpa.gz")
+    return folder / "lm.arpa.gz"
+
+
 @pytest.fixture
 def cat_lm(tmp_path):
-    text = tmp_path / "lm.txt"
-    text.write_text("the cat sat on the mat\n" * 20 + "the cat sat\nthe dog sat\na red hat\n", encoding="utf-8")
-    build_lm(text, 3, tmp_path / "lm.arpa.gz")
-    return tmp_path / "lm.arpa.gz"
+    return write_cat_lm(tmp_path)
 
 
 def test_beam_with_lm_prefers_in_lm_words(cat_lm):
@@ -175,113 +178,141 @@ def test_beam_with_lm_prefers_in_lm_words(cat_lm):
     assert with_lm.settings()["lexicon_words"] == 9
 
 
+def test_build_decoder_from_options(cat_lm):
+    assert isinstance(build_decoder(DecodingOptions(), LETTERS, 0.02), GreedyDecoder)
+    assert isinstance(build_decoder(DecodingOptions(decoder="greedy", lm=None), LETTERS, 0.02), GreedyDecoder)
+    with pytest.raises(ConfigError, match="greedy decoder takes no options"):
+        DecodingOptions(decoder="greedy", lm=str(cat_lm))
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        DecodingOptions(decoder="viterbi")
+    options = DecodingOptions(decoder="beam", lm=str(cat_lm), beam_size=16, beam_threshold=12.5, lm_weight=1.0,
+                              word_score=0.5)
+    decoder = build_decoder(options, LETTERS, 0.02)
+    assert isinstance(decoder, BeamSearchDecoder)
+    assert (decoder.beam_size, decoder.beam_threshold, decoder.lm_path, decoder.lm_weight, decoder.word_score) == (
+        16, 12.5, str(cat_lm), 1.0, 0.5)
+    assert decoder.settings()["lm"] == str(cat_lm)
+
+
+def test_default_options_are_what_asr_decode_does_by_default():
+    # training's validation decodes with DecodingOptions(): greedy with the 0.5 s word pause
+    options = DecodingOptions()
+    assert (options.decoder, options.word_pause, options.lm, options.lexicon) == ("greedy", 0.5, None, None)
+    assert build_decoder(options, LETTERS, 0.02).settings() == {"decoder": "greedy", "word_pause_frames": 25}
+    assert build_decoder(DecodingOptions(word_pause=0), LETTERS, 0.02).settings() == {"decoder": "greedy"}
+    beam = BeamSearchDecoder(LETTERS)  # the class's defaults are the options' defaults
+    assert (beam.beam_size, beam.beam_threshold, beam.lm_weight, beam.word_score) == (
+        options.beam_size, options.beam_threshold, options.lm_weight, options.word_score)
+
+
+def test_decoding_options_refuse_combinations_that_mean_nothing(tmp_path):
+    import dataclasses
+
+    cases = [
+        (dict(decoder="greedy", beam_size=4), "greedy decoder takes no options \\(got --beam-size\\)"),
+        (dict(lexicon="words.txt"), "got --lexicon.*need --decoder beam"),
+        (dict(tuned_from="tuned.json"), "got --tuned-from.*need --decoder beam"),
+        (dict(decoder="beam", lm_weight=1.0), "--lm-weight needs --decoder beam with --lm"),
+        (dict(decoder="beam", tuned_from="tuned.json"), "--tuned-from needs --decoder beam with --lm"),
+        (dict(decoder="beam", word_score=1.0), "--word-score needs --lm or --lexicon"),
+        (dict(decoder="beam", word_pause=0.3), "--word-pause is a rule of the greedy decoder"),
+        (dict(decoder="beam", beam_size=0), "--beam-size must be at least 1"),
+        (dict(decoder="beam", beam_threshold=-1.0), "--beam-threshold must be 0 or more"),
+        (dict(word_pause=float("nan")), "--word-pause must be 0 or more"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            DecodingOptions(**kwargs)
+    DecodingOptions(decoder="beam", lexicon="words.txt", word_score=1.0)  # a lexicon alone takes a word score
+    options = DecodingOptions(decoder="beam", lm=tmp_path / "lm.arpa")
+    assert options.lm == str(tmp_path / "lm.arpa")  # paths are kept as strings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.beam_size = 3
+    assert dataclasses.replace(options, lm_weight=2.0).lm_weight == 2.0
+    with pytest.raises(ConfigError, match="--lm-weight needs"):
+        dataclasses.replace(options, lm=None, lm_weight=2.0)
+
+
+# --- LM files: corrupt ARPA, KenLM binaries, KenLM's stderr ---------------------------------------
+
+# A hand-written bigram ARPA file (KenLM's format; no <unk>, so KenLM warns about it).
+SMALL_ARPA = """\\data\\
+ngram 1=5
+ngram 2=4
+
+\\1-grams:
+-0.6989700\t<s>\t-0.2
+-0.6989700\tTHE\t-0.1
+-1.0000000\tCAT\t-0.1
+-1.0000000\tSAT\t-0.1
+-0.6989700\t</s>
+
+\\2-grams:
+-0.2\t<s> THE
+-0.5\tTHE CAT
+-0.5\tCAT SAT
+-0.3\tSAT </s>
+
+\\end\\
+"""
+
+
+def write_arpa(path, text: str):
+    if str(path).endswith(".gz"):
+        import gzip
+
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_small_arpa_loads_and_kenlm_chatter_is_silenced(tmp_path, capfd):
+    lm = write_arpa(tmp_path / "small.arpa", SMALL_ARPA)
+    decoder = BeamSearchDecoder(LETTERS, lm=lm, lm_weight=1.0)
+    log_probs, lengths = batch_of(spell("THE CAT SAT", ambiguous={4: {"H": 0.5, "C": 0.45}}))
+    assert decoder.decode(log_probs, lengths)[0].text == "THE CAT SAT"
+    err = capfd.readouterr().err
+    for chatter in ("Loading the LM", "Reading ", "----5---10", "****"):
+        assert chatter not in err
+    # what is not chatter is passed on, naming the LM: here KenLM's warning about the missing <unk>
+    assert err.splitlines() == [f"{lm}: The ARPA file is missing <unk>.  Substituting log10 probability -100."]
+
+
+@pytest.mark.parametrize("name", ["lm.arpa", "lm.arpa.gz"])
+def test_corrupt_arpa_is_reported_as_not_a_valid_arpa_lm_with_its_line(tmp_path, name):
+    # fields swapped in the unigrams: before, "no word of the LM can be spelled" (the words read as numbers)
+    swapped = SMALL_ARPA.replace("-1.0000000\tCAT\t-0.1", "CAT\t-1.0000000\t-0.1")
+    bad_number = SMALL_ARPA.replace("-0.5\tCAT SAT", "x.y\tCAT SAT")
+    cut = SMALL_ARPA[: SMALL_ARPA.index("-0.5\tCAT SAT")] + "-0.5\tCAT SA"  # ends inside the 2-grams
+    for text, line, reason in [(swapped, 8, 'Could not parse "CAT" into a float'),
+                               (bad_number, 15, 'Could not parse "x.y" into a float'),
+                               (cut, 15, "")]:
+        lm = write_arpa(tmp_path / name, text)
+        with pytest.raises(DataError) as caught:
+            BeamSearchDecoder(LETTERS, lm=lm)
+        message = str(caught.value)
+        assert message.startswith(f"{lm}:{line}: not a valid ARPA LM: {reason}"), message
+        assert "\n" not in message and "threw" not in message and "no word of the LM" not in message
+
+
 def test_beam_lm_needs_spellable_words_and_lexicon_for_binary(tmp_path, cat_lm):
     with pytest.raises(DataError, match="no word of the LM"):
         BeamSearchDecoder(["<blank>", "|", "X"], lm=cat_lm)
     binary = tmp_path / "lm.bin"
     binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\0")
-    with pytest.raises(DataError, match="needs a lexicon"):
+    with pytest.raises(DataError, match="needs a lexicon") as caught:
         BeamSearchDecoder(LETTERS, lm=binary)
+    assert "(--lexicon)" in str(caught.value) and "lexicon=" not in str(caught.value)
     with pytest.raises(DataError, match="not found"):
         BeamSearchDecoder(LETTERS, lm=tmp_path / "missing.arpa")
-
-
-def test_build_decoder_and_tuning(cat_lm, tmp_path):
-    assert isinstance(build_decoder("greedy", LETTERS), GreedyDecoder)
-    assert isinstance(build_decoder("greedy", LETTERS, lm=None, beam_size=None), GreedyDecoder)
-    with pytest.raises(ConfigError, match="greedy decoder takes no options"):
-        build_decoder("greedy", LETTERS, lm=str(cat_lm))
-    with pytest.raises(ConfigError, match="unknown decoder"):
-        build_decoder("viterbi", LETTERS)
-    decoder = build_decoder("beam", LETTERS, lm=str(cat_lm), beam_size=16)
-    emissions = [batch_of(spell("THE CAT SAT", ambiguous={4: {"H": 0.5, "C": 0.45}}), spell("THE DOG SAT"))]
-    best, grid, hyps = tune_weights(decoder, emissions, ["THE CAT SAT", "THE DOG SAT"], [0.0, 1.0], [0.0])
-    assert [(g["lm_weight"], g["wer"]) for g in grid] == [(0.0, pytest.approx(100 / 6)), (1.0, 0.0)]
-    assert best == {"lm_weight": 1.0, "word_score": 0.0, "wer": 0.0}
-    assert [h.text for h in hyps] == ["THE CAT SAT", "THE DOG SAT"]
-    (tmp_path / "tuned.json").write_text(json.dumps({"lm_weight": 1.0, "word_score": 0.5}))
-    (tmp_path / "results.json").write_text(json.dumps({"wer": 3.0, "tuned": {"lm_weight": 0.7, "word_score": -1}}))
-    assert load_tuned(tmp_path / "tuned.json") == {"lm_weight": 1.0, "word_score": 0.5}
-    assert load_tuned(tmp_path / "results.json") == {"lm_weight": 0.7, "word_score": -1.0}
-    (tmp_path / "other.json").write_text("{}")
-    with pytest.raises(DataError, match="other.json: no tuned"):
-        load_tuned(tmp_path / "other.json")
-
-
-# --- decoding a manifest --------------------------------------------------------------------------
-
-
-def make_experiment(tmp_path):
-    """A randomly initialised model checkpoint and a 4-utterance manifest of noise."""
-    import soundfile
-
-    from asr.checkpoint import save_checkpoint
-    from asr.config import to_dict
-    from asr.features import FeatureConfig
-    from asr.model import BiRNNCTC, ModelConfig
-
-    features = FeatureConfig(num_mel_bins=23)
-    model_config = ModelConfig(input_dim=23, vocab_size=len(LETTERS), subsample=2, conv_channels=4, hidden=16, layers=1)
-    torch.manual_seed(0)
-    exp = tmp_path / "exp"
-    save_checkpoint(exp / "checkpoints" / "best.pt", {
-        "model": BiRNNCTC(model_config).state_dict(), "model_config": to_dict(model_config),
-        "feature_config": to_dict(features), "tokens": LETTERS,
-        "cmvn": {"mean": torch.zeros(23), "std": torch.ones(23)}, "step": 1, "epoch": 0, "valid": None,
-    })
-    rng = torch.Generator().manual_seed(1)
-    texts = {"11-1-0": "THE CAT SAT", "11-1-1": "THE DOG SAT", "22-1-0": "A RED HAT", "22-1-1": "THE CAT"}
-    lines = []
-    for i, (utt, text) in enumerate(texts.items()):
-        samples = 4000 + 2000 * i
-        soundfile.write(tmp_path / f"{utt}.wav", (0.1 * torch.randn(samples, generator=rng)).numpy(), 16000)
-        lines.append(json.dumps({"id": utt, "audio": f"{utt}.wav", "duration": samples / 16000, "text": text,
-                                 "speaker": utt.split("-")[0]}))
-    (tmp_path / "dev.jsonl").write_text("\n".join(lines) + "\n")
-    return exp, tmp_path / "dev.jsonl", texts
-
-
-def test_decode_manifest_greedy_and_tuned_beam(tmp_path, cat_lm, capsys):
-    from asr.cli import main as cli_main
-    from asr.decode import decode_manifest
-    from asr.score import read_kaldi_text, score_files
-
-    exp, manifest, texts = make_experiment(tmp_path)
-    results = decode_manifest(exp, manifest, "greedy", device="cpu", max_duration=1.0)
-    out = exp / "decode" / "dev" / "greedy"
-    assert results["out_dir"] == str(out)
-    assert read_kaldi_text(out / "ref.txt") == texts
-    hyps = read_kaldi_text(out / "hyp.txt")
-    assert set(hyps) == set(texts)
-    written = json.loads((out / "results.json").read_text())
-    rescored = score_files(out / "ref.txt", out / "hyp.txt")["systems"][0]
-    assert written["wer"] == pytest.approx(rescored["wer"]) and written["cer"] == pytest.approx(rescored["cer"])
-    assert written["utterances"] == 4 and written["ref_words"] == 11
-    assert written["decoder_settings"] == {"decoder": "greedy", "word_pause_frames": 25} and written["rtf"] > 0
-    assert "PER-UTTERANCE" in (out / "report.txt").read_text()
-
-    # tune on "dev", reuse on another set through the CLI
-    code = cli_main(["decode", "--exp", str(exp), "--manifest", str(manifest), "--decoder", "beam",
-                     "--lm", str(cat_lm), "--beam-size", "4", "--tune", "--tune-lm-weights", "0.5,2",
-                     "--tune-word-scores", "0", "--device", "cpu"])
-    assert code == 0
-    beam_dir = exp / "decode" / "dev" / "beam-lm"
-    tuned = json.loads((beam_dir / "tuned.json").read_text())
-    written = json.loads((beam_dir / "results.json").read_text())
-    assert len(written["tune_grid"]) == 2
-    assert tuned["lm_weight"] == written["tuned"]["lm_weight"] == written["decoder_settings"]["lm_weight"]
-    assert written["wer"] == pytest.approx(min(g["wer"] for g in written["tune_grid"]))
-    # every hypothesised word is an LM word
-    vocabulary = {"THE", "CAT", "SAT", "ON", "MAT", "DOG", "A", "RED", "HAT"}
-    assert all(set(t.split()) <= vocabulary for t in read_kaldi_text(beam_dir / "hyp.txt").values())
-    assert "tuned: lm_weight" in capsys.readouterr().out
-    code = cli_main(["decode", "--exp", str(exp), "--manifest", str(manifest), "--set", "test", "--decoder", "beam",
-                     "--lm", str(cat_lm), "--beam-size", "4", "--tuned-from", str(beam_dir / "results.json"),
-                     "--device", "cpu"])
-    assert code == 0
-    reused = json.loads((exp / "decode" / "test" / "beam-lm" / "results.json").read_text())
-    assert reused["decoder_settings"]["lm_weight"] == tuned["lm_weight"]
-    assert reused["wer"] == pytest.approx(written["wer"])
-    # user errors: one line, exit 1
-    assert cli_main(["decode", "--exp", str(exp), "--manifest", str(manifest), "--tune", "--device", "cpu"]) == 1
-    assert "--tune and --tuned-from need --decoder beam with --lm" in capsys.readouterr().err
+    # a word list makes the binary readable; this one is cut short, so KenLM refuses it by name
+    words = tmp_path / "words.txt"
+    words.write_text("THE\nCAT\n")
+    with pytest.raises(DataError, match=f"{binary}: cannot load the KenLM binary LM: "):
+        BeamSearchDecoder(LETTERS, lm=binary, lexicon=words)
+    text = tmp_path / "notes.arpa"
+    text.write_text("just some text\n")
+    with pytest.raises(DataError, match="notes.arpa: not a language model: neither ARPA"):
+        BeamSearchDecoder(LETTERS, lm=text)

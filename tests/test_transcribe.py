@@ -325,18 +325,70 @@ def test_cli_tuned_from_takes_the_weights_tuned_by_decode(checkpoint, tmp_path, 
     tuned.write_text(json.dumps({"lm_weight": 0.75, "word_score": -1.5}))
     seen = {}
 
-    def fake_from_checkpoint(path, device=None, decoder="greedy", chunking=None, **options):
-        seen.update(options, decoder=decoder)
+    def fake_from_checkpoint(path, device=None, options=None, chunking=None):
+        seen.update(decoder=options.decoder, lm_weight=options.lm_weight, word_score=options.word_score)
         raise transcribe.AsrError("stop here")  # the options are all this test needs
 
     monkeypatch.setattr(transcribe.Transcriber, "from_checkpoint", staticmethod(fake_from_checkpoint))
-    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--tuned-from", str(tuned), str(wav)]) == 1
+    # (--lm added: tuned weights without an LM are refused now, as asr decode refuses them)
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--lm", "lm.arpa",
+                 "--tuned-from", str(tuned), str(wav)]) == 1
     assert seen["decoder"] == "beam" and seen["lm_weight"] == 0.75 and seen["word_score"] == -1.5
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--tuned-from", str(tuned),
+                 str(wav)]) == 1
+    assert "--tuned-from needs --decoder beam with --lm" in capsys.readouterr().err
     assert main(["transcribe", "--model", str(checkpoint), "--tuned-from", str(tuned), str(wav)]) == 1
     assert "need --decoder beam" in capsys.readouterr().err
-    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--tuned-from", str(tmp_path / "no.json"),
-                 str(wav)]) == 1
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--lm", "lm.arpa",
+                 "--tuned-from", str(tmp_path / "no.json"), str(wav)]) == 1
     assert "no.json: file not found" in capsys.readouterr().err
+
+
+def test_cli_beam_options_reach_the_beam_decoder(checkpoint, tmp_path, capsys, monkeypatch):
+    from asr import transcribe
+    from asr.cli import main
+    from asr.decode import BeamSearchDecoder
+    from asr.lm import build_lm
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, tone_bursts([(0.2, 0.9), (1.3, 2.0)], 2.4), SR)
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat on the mat\nthe dog sat\n" * 5, encoding="utf-8")
+    build_lm(text, 2, tmp_path / "lm.arpa")
+    words = tmp_path / "words.txt"
+    words.write_text("THE\nCAT\nSAT\n")
+    built = []
+    real_init = transcribe.Transcriber.__init__
+
+    def spy_init(self, inference_model, decoder, chunking=transcribe.ChunkingConfig()):
+        built.append(decoder)
+        real_init(self, inference_model, decoder, chunking)
+
+    monkeypatch.setattr(transcribe.Transcriber, "__init__", spy_init)
+    code = main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--lm", str(tmp_path / "lm.arpa"),
+                 "--lexicon", str(words), "--beam-size", "5", "--beam-threshold", "12", "--lm-weight", "0.75",
+                 "--word-score", "-0.5", "--output-format", "json", str(wav)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (decoder,) = built
+    assert isinstance(decoder, BeamSearchDecoder)
+    assert (decoder.beam_size, decoder.beam_threshold, decoder.lm_weight, decoder.word_score) == (5, 12.0, 0.75, -0.5)
+    assert decoder.lm_path == str(tmp_path / "lm.arpa") and decoder.lexicon_file == str(words)
+    assert set(decoder.lexicon.spellings) == {"THE", "CAT", "SAT"}  # the given lexicon, not the LM's 6 words
+    assert set(json.loads(captured.out)["text"].split()) <= {"THE", "CAT", "SAT"}
+    assert "Loading the LM" not in captured.err and "----5" not in captured.err  # KenLM's chatter is kept quiet
+
+
+def test_cli_binary_lm_without_lexicon_names_the_option(checkpoint, tmp_path, capsys):
+    from asr.cli import main
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, tone_bursts([(0.2, 0.9)], 1.2), SR)
+    binary = tmp_path / "lm.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0")
+    assert main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--lm", str(binary), str(wav)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"asr transcribe: error: {binary}: a KenLM binary LM needs a lexicon or word list (--lexicon)\n"
 
 
 def test_silence_and_too_short_audio_give_empty_transcripts(checkpoint):
@@ -366,7 +418,7 @@ def test_long_files_are_read_in_blocks_like_a_whole_read(checkpoint, tmp_path):
 
 
 def test_channels_last_weights_leave_the_model_output_unchanged(checkpoint):
-    from asr.checkpoint import InferenceModel
+    from asr.inference import InferenceModel
 
     inference = InferenceModel.from_checkpoint(checkpoint, device="cpu")  # channels_last conv weights on CPU
     assert inference.model.frontend.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
