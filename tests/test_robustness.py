@@ -556,3 +556,14 @@ def test_kill_9_while_saving_then_resume_gives_the_uninterrupted_weights(tiny_co
     for key, value in reference["model"].items():
         assert torch.equal(resumed["model"][key], value), key
         assert resumed["model"][key].numpy().tobytes() == value.numpy().tobytes(), key
+
+
+def test_disk_full_while_training_is_one_line_naming_the_checkpoint(tiny_corpus, tmp_path, capsys):
+    with tmpfs(tmp_path / "small", "200k") as disk:  # the config, tokens, CMVN and logs fit; a checkpoint does not
+        exp = disk / "exp"
+        code, _, err = run(capsys, *train_argv(tiny_corpus, exp))
+        assert code == 1
+        last = err.strip().splitlines()[-1]
+        assert last == f"asr train: error: {exp / 'checkpoints' / 'step-2.pt'}: cannot write: No space left on device"
+        assert "unexpected pos" not in err and leftovers(disk) == []
+        assert (exp / "tokens.txt").read_text() and (exp / "config.yaml").read_text()  # earlier files whole
