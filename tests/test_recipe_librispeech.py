@@ -155,7 +155,7 @@ def test_dry_run_of_each_set(tmp_path, name, train, config):
         head = f"asr decode --exp {exp} --manifest data/manifests/{s}.jsonl --set {s} --decoder"
         assert f"{head} greedy" in decodes and f"{head} beam" in decodes
         tail = ("--tune" if s == evals[0]
-                else f"--tuned-from {exp}/decode/{evals[0]}/beam-3-gram.pruned.1e-7/tuned.json")
+                else f"--tuned-from {exp}/decode/{evals[0]}/beam-3-gram.pruned.1e-7-lex-librispeech-lexicon/tuned.json")
         assert f"{head} beam {lm} {tail}" in decodes
     assert cmds[-1].startswith(f"asr results --exp {exp} --out RESULTS.md")
 

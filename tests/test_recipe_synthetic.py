@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "recipes" / "synthetic" / "run.sh"
 TINY = ["--train-utts", "24", "--dev-utts", "6", "--test-utts", "6", "--config", "conf/tiny.yaml"]
 SETS = ("dev", "test")
-DECODERS = ("greedy", "beam-4gram")  # beam-<LM file stem>, see asr.decode.decoder_label
+DECODERS = ("greedy", "beam-4gram")  # beam-<LM file stem>, see asr.evaluate.decoder_label
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,

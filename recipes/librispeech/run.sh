@@ -90,6 +90,8 @@ else
   lm_opts=(--lm "$lm")
 fi
 lm_label=$(basename "$lm" .gz); lm_label=beam-${lm_label%.arpa}
+# asr decode names its folder after the LM and, when one is given, the lexicon (asr.evaluate.decoder_label)
+[ "$lm_source" = official ] && lm_label=$lm_label-lex-$(basename "$lexicon" .txt)
 
 if stage 0 "download ${all_splits}"; then
   if [ -n "$corpus_dir" ]; then
