@@ -252,14 +252,10 @@ def split_on_silence(waveform: np.ndarray | torch.Tensor, config: ChunkingConfig
 def batch_chunks(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
     """Group chunk indices by length into batches whose padded size (count x longest) stays
     within `max_batch_samples`; longest chunks first. Each chunk is in exactly one batch."""
+    from asr.data.sampler import pack_batches
+
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for index in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_samples:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
-    return batches
+    return pack_batches(order, np.asarray(lengths, dtype=np.float64), max_batch_samples)
 
 
 # --- words ----------------------------------------------------------------------------------
