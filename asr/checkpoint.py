@@ -63,8 +63,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         text = str(err)
         unsafe = re.search(r"GLOBAL (\S+)", text) if isinstance(err, pickle.UnpicklingError) else None
         if unsafe:
-            raise DataError(f"{path}: not a safe asr checkpoint: its pickle imports {unsafe.group(1)}, which could "
-                            "run code when loaded; refused (asr checkpoints hold only tensors and plain values)") from None
+            raise DataError(f"{path}: not a safe asr checkpoint: its pickle imports {unsafe.group(1)}, which "
+                            "could run code when loaded; refused (asr checkpoints hold only tensors and plain "
+                            "values)") from None
         # torch's weights_only message opens with advice to retry unsafely: keep only the reason.
         detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
         first = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]

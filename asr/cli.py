@@ -83,7 +83,8 @@ def _add_prepare(sub) -> None:
                        help="base URL replacing https://www.openslr.org/resources (env ASR_LIBRISPEECH_MIRROR)")
     libri.add_argument("--manifest-dir", default=None, help="where manifests go (default DATA_DIR/manifests)")
     libri.add_argument("--md5", action="append", default=[],
-                       help="NAME=MD5[,NAME=MD5...]: expected MD5 of a subset's archive on the mirror (repacked mirrors)")
+                       help="NAME=MD5[,NAME=MD5...]: expected MD5 of a subset's archive on the mirror "
+                       "(repacked mirrors)")
     libri.add_argument("--num-workers", type=non_negative_int, default=None,
                        help="processes reading headers (default: CPUs, max 8)")
     folder = kinds.add_parser(
@@ -137,7 +138,8 @@ def _add_synth(sub) -> None:
     size.add_argument("--hours-train", type=positive_float, default=None,
                       help="about this many hours of train audio (estimated from the texts)")
     p.add_argument("--dev-utts", type=non_negative_int, default=100, help="dev utterances (default 100)")
-    p.add_argument("--test-utts", type=non_negative_int, default=100, help="test utterances, unseen voices (default 100)")
+    p.add_argument("--test-utts", type=non_negative_int, default=100,
+                   help="test utterances, unseen voices (default 100)")
     p.add_argument("--dev-voices", type=positive_int, default=12, help="voices reserved for dev (default 12)")
     p.add_argument("--test-voices", type=positive_int, default=16, help="voices reserved for test (default 16)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds texts, voices and noise (default 0)")
@@ -281,7 +283,8 @@ def _add_decode(sub) -> None:
     p.add_argument("--tune", action="store_true", help="grid-search LM weight and word score on this manifest")
     p.add_argument("--tune-lm-weights", type=_floats, help="grid for --tune, e.g. 0.25,0.5,1 (default 0.25..2)")
     p.add_argument("--tune-word-scores", type=_floats, help="grid for --tune, e.g. -1,0,1 (default -1,0,1,2)")
-    p.add_argument("--max-duration", type=positive_float, default=200.0, help="padded seconds of audio per batch (default 200)")
+    p.add_argument("--max-duration", type=positive_float, default=200.0,
+                   help="padded seconds of audio per batch (default 200)")
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="audio loading processes (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=_run_decode)
@@ -310,33 +313,90 @@ def _run_decode(args) -> int:
     return 0
 
 
-def _add_score(sub) -> None:
-    p = sub.add_parser(
-        "score", help="WER/CER of hypotheses against references",
-        description="Score Kaldi-format text files (UTT-ID WORDS per line). With two --hyp, a paired "
-                    "bootstrap test gives the probability that the second is better than the first.")
-    p.add_argument("--ref", required=True, help="reference text file")
-    p.add_argument("--hyp", required=True, action="append", help="hypothesis text file (repeat to compare)")
+def _add_scoring_arguments(p) -> None:
+    """The arguments `asr score` and `asr compare` share (asr.score.ScoreOptions)."""
+    p.add_argument("--ref-format", choices=("auto", "kaldi", "trn", "stm"), default="auto",
+                   help="reference format (default auto: by extension .trn/.stm, else from the lines)")
+    p.add_argument("--hyp-format", choices=("auto", "kaldi", "trn", "ctm"), default="auto",
+                   help="hypothesis format, for every hypothesis (default auto)")
+    p.add_argument("--normalize", choices=("librispeech", "english", "none"), default="librispeech",
+                   help="normaliser for both sides: librispeech (upper case, letters and apostrophes; default), "
+                        "english (Whisper's: numbers, spelling variants, punctuation, case) or none")
+    p.add_argument("--manifest", help="speakers from this manifest's speaker field (else the id prefix)")
+    p.add_argument("--utt2spk", help="speakers from this Kaldi utt2spk file (else the id prefix)")
     p.add_argument("--allow-missing", action="store_true",
                    help="score utterances without a hypothesis as deletions; ignore hypotheses without reference")
-    p.add_argument("--report", help="write the full report (alignments, frequent errors) here")
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+
+
+def _scoring_options(args):
+    from asr.score import ScoreOptions
+
+    return ScoreOptions(ref_format=args.ref_format, hyp_format=args.hyp_format, normalize=args.normalize,
+                        allow_missing=args.allow_missing, manifest=args.manifest, utt2spk=args.utt2spk,
+                        bootstrap_samples=args.bootstrap)
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score", help="WER/CER of hypotheses against references (sclite's alignment)",
+        description="Score hypotheses against references with sclite's alignment and S/D/I counts. Formats: "
+                    "Kaldi text (UTT-ID WORDS), sclite trn (WORDS (UTT-ID)), stm reference + ctm hypothesis "
+                    "(matched by file and channel). With two or more --hyp, each is compared with the first: "
+                    "paired bootstrap (P(A better), P(B better), P(equal)) and sclite's MAPSSWE test.")
+    p.add_argument("--ref", required=True, help="reference file")
+    p.add_argument("--hyp", required=True, action="append", help="hypothesis file (repeat to compare)")
+    _add_scoring_arguments(p)
+    p.add_argument("--report", help="write the full report (alignments, frequent errors) here")
+    p.add_argument("--out-dir", help="write report.txt, results.json, per_utt.csv and sclite-style "
+                                     "<hyp>.sys / <hyp>.pra here")
+    p.add_argument("--per-utt", help="write per-utterance counts here (.csv or .json)")
     p.set_defaults(func=_run_score)
 
 
 def _run_score(args) -> int:
     from asr.score import score_files
 
-    _check_outputs(files=(args.report,))
-    out = score_files(args.ref, args.hyp, allow_missing=args.allow_missing, report_path=args.report,
-                      bootstrap_samples=args.bootstrap)
+    _check_outputs(args.out_dir, files=(args.report, args.per_utt))
+    out = score_files(args.ref, args.hyp, report_path=args.report, options=_scoring_options(args),
+                      out_dir=args.out_dir, per_utt_path=args.per_utt)
     for system in out["systems"]:
         low, high = system["wer_ci95"]
         print(f"{system['hyp']}: %WER {system['wer']:.2f} [ {system['word_errors']} / {system['ref_words']}, "
               f"{system['insertions']} ins, {system['deletions']} del, {system['substitutions']} sub ] "
-              f"95% CI [{low:.2f}, {high:.2f}]  %CER {system['cer']:.2f}  %SER {system['ser']:.2f}")
-    for comparison in out["comparisons"]:
-        print(f"P({comparison['b']} better than {comparison['a']}) = {comparison['p_b_better']:.3f}")
+              f"95% CI [{low:.2f}, {high:.2f}]  %CER {system['cer']:.2f}  %SER {system['ser']:.2f}  "
+              f"(normaliser {system['normalizer']})")
+    for c in out["comparisons"]:
+        print(f"A = {c['a']}, B = {c['b']}: P(A better) = {c['p_a_better']:.3f}, P(B better) = {c['p_b_better']:.3f}, "
+              f"P(equal) = {c['p_equal']:.3f}: {c['bootstrap']}; MAPSSWE Z = {c['mapsswe_z']:.3f}, "
+              f"p = {c['mapsswe_p']:.3f}: {c['mapsswe']}")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="a table of N systems: WER, 95%% CI, pairwise significance",
+        description="Score N hypothesis files against one reference, all the same way, and print a table "
+                    "(WER, 95% bootstrap interval, S/D/I) and, for every pair, the paired bootstrap "
+                    "(P(A better), P(B better), P(equal)) and sclite's MAPSSWE test, in words.")
+    p.add_argument("--ref", required=True, help="reference file")
+    p.add_argument("hyps", nargs="+", metavar="HYP", help="hypothesis files, two or more")
+    _add_scoring_arguments(p)
+    p.add_argument("--json", help="also write the table's figures as JSON here")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from asr.fileio import atomic_write_text
+    from asr.score import compare_files
+
+    _check_outputs(files=(args.json,))
+    out = compare_files(args.ref, args.hyps, _scoring_options(args))
+    print(out["table"], end="")
+    if args.json:
+        import json
+
+        atomic_write_text(args.json, json.dumps({k: v for k, v in out.items() if k != "table"}, indent=2) + "\n")
     return 0
 
 
@@ -376,15 +436,16 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt) instead of stdout")
     _add_decoding_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--max-chunk", type=positive_float, default=20.0, help="longest chunk fed to the model, seconds (default 20)")
-    p.add_argument("--top-db", type=positive_float, default=40.0, help="silence threshold below the loudest frame, dB (default 40)")
+    p.add_argument("--max-chunk", type=positive_float, default=20.0,
+                   help="longest chunk fed to the model, seconds (default 20)")
+    p.add_argument("--top-db", type=positive_float, default=40.0,
+                   help="silence threshold below the loudest frame, dB (default 40)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
-    from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
-
     from asr.device import resolve_device
+    from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
 
     inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
     _check_outputs(args.output_dir)  # and so does an output folder that cannot be written
@@ -450,7 +511,8 @@ def _run_stats(args) -> int:
 def _add_average(sub) -> None:
     p = sub.add_parser("average", help="average the last K step checkpoints into checkpoints/avg-K.pt")
     p.add_argument("--exp", required=True, help="experiment folder")
-    p.add_argument("--last", type=positive_int, default=5, help="number of step-N.pt checkpoints to average (default 5)")
+    p.add_argument("--last", type=positive_int, default=5,
+                   help="number of step-N.pt checkpoints to average (default 5)")
     p.set_defaults(func=_run_average)
 
 
@@ -517,7 +579,7 @@ def _run_download(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
+    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
         add(sub)
     return parser
 

@@ -331,7 +331,8 @@ def test_an_output_folder_that_is_a_file_or_a_folder_where_a_file_goes(tmp_path,
     blocker = tmp_path / "out.txt"
     blocker.write_text("x\n")
     code, _, err = run(capsys, "transcribe", "--model", checkpoint, "--output-dir", blocker, REPO / "README.md")
-    assert code == 1 and one_error_line(err, "transcribe").endswith(f"{blocker}: not a folder (a file of that name exists)")
+    line = one_error_line(err, "transcribe")
+    assert code == 1 and line.endswith(f"{blocker}: not a folder (a file of that name exists)")
     code, _, err = run(capsys, "prepare", "dir", tmp_path, "--out", tmp_path)
     assert code == 1 and one_error_line(err, "prepare").endswith(f"{tmp_path}: is a folder, not a file")
 
@@ -371,7 +372,8 @@ def test_an_os_error_escaping_a_verb_is_one_line(tmp_path, capsys, monkeypatch):
 # --- 8: devices --------------------------------------------------------------------------------
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(None) == resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    default = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto") == default
     for name in ("foo", "cpu:0", "cuda:", "gpu", ""):
         with pytest.raises(ConfigError, match=f"device {name!r}"):
             resolve_device(name)
