@@ -270,3 +270,16 @@ def test_subset_table_and_urls(monkeypatch):
     assert librispeech.subset_url("train-clean-100") == "https://www.openslr.org/resources/12/train-clean-100.tar.gz"
     assert librispeech.subset_url("train-clean-5") == "https://www.openslr.org/resources/31/train-clean-5.tar.gz"
     assert librispeech.subset_url("test-other", "http://m/x/") == "http://m/x/12/test-other.tar.gz"
+
+
+def test_extract_starts_afresh_after_a_killed_extraction(tmp_path):
+    archive = tmp_path / "dev-clean.tar.gz"
+    archive.write_bytes(make_tarball(tmp_path, "dev-clean"))
+    dest = tmp_path / "data"
+    stale = dest / ".dev-clean.tar.gz.extracting" / "LibriSpeech" / "dev-clean" / "99"
+    stale.mkdir(parents=True)  # what a kill -9 during extraction leaves
+    (stale / "half.flac").write_bytes(b"half")
+    extract_archive(archive, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [".dev-clean.tar.gz.done", "LibriSpeech"]
+    assert sorted(p.name for p in (dest / "LibriSpeech" / "dev-clean").iterdir()) == ["11", "22"]
+    check_manifest(prepare_corpus(dest / "LibriSpeech" / "dev-clean", tmp_path / "m.jsonl", num_workers=0).manifest)
