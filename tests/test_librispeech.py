@@ -81,7 +81,8 @@ def test_download_extract_prepare(tmp_path, server, monkeypatch, capsys):
     tarball = make_tarball(tmp_path, "dev-clean")
     server.files["/12/dev-clean.tar.gz"] = tarball
     md5 = hashlib.md5(tarball).hexdigest()
-    monkeypatch.setitem(librispeech.SUBSETS, "dev-clean", dataclasses.replace(librispeech.SUBSETS["dev-clean"], md5=md5))
+    official = librispeech.SUBSETS["dev-clean"]
+    monkeypatch.setitem(librispeech.SUBSETS, "dev-clean", dataclasses.replace(official, md5=md5))
     data = tmp_path / "data"
     monkeypatch.setenv(librispeech.MIRROR_ENV, server.url)  # the mirror comes from the environment here
 
