@@ -579,7 +579,8 @@ def _run_download(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results, _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
+    for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results,
+                _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
         add(sub)
     return parser
 

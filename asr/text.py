@@ -1,7 +1,9 @@
 """Transcript normalisation and the character tokenizer.
 
 `normalize_text` turns any transcript into LibriSpeech style: upper case, letters and the
-apostrophe, words separated by single spaces. The `Tokenizer` maps such text to character ids
+apostrophe, words separated by single spaces. Scoring picks a normaliser by name
+(`get_normalizer`): `librispeech` (that one), `none` (whitespace only) or `english` (Whisper's
+English normaliser: numbers, punctuation, casing, spelling variants). The `Tokenizer` maps such text to character ids
 for CTC: id 0 is the blank, the space between words is the token `|`, then one token per
 character. It is stored as `tokens.txt`, one `TOKEN ID` pair per line.
 
@@ -16,9 +18,9 @@ import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from asr.errors import DataError
+from asr.errors import ConfigError, DataError
 from asr.fileio import atomic_open, read_text
 
 BLANK = "<blank>"  # the CTC blank, always id 0
@@ -61,6 +63,40 @@ def normalize_text(text: str) -> str:
             out.append(char)
     words = _SPACES.split("".join(out))
     return " ".join(w for w in words if w and w.strip("'"))
+
+
+def squeeze_spaces(text: str) -> str:
+    """The `none` normaliser: words as they are, separated by single spaces."""
+    return " ".join(text.split())
+
+
+def _english_normalizer() -> Callable[[str], str]:
+    # Whisper's EnglishTextNormalizer, as packaged by `whisper-normalizer`: lower case; spelled
+    # numbers become digits ("twenty five" -> "25", "one million" -> "1000000"); British spellings
+    # become American ("colour" -> "color"); contractions and titles expanded ("won't" -> "will
+    # not", "Mr." -> "mister"); punctuation, bracketed asides and fillers ("uh", "um") dropped.
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+NORMALIZERS = ("librispeech", "english", "none")  # the names `get_normalizer` knows
+
+
+def get_normalizer(name: str) -> Callable[[str], str]:
+    """The text normaliser called `name` (one of `NORMALIZERS`), a function str -> str.
+
+    `librispeech` is `normalize_text`; `none` only squeezes whitespace (case and punctuation
+    count); `english` is Whisper's English normaliser, for comparing with systems that write
+    digits, punctuation and mixed case. Raises ConfigError for any other name.
+    """
+    if name == "librispeech":
+        return normalize_text
+    if name == "none":
+        return squeeze_spaces
+    if name == "english":
+        return _english_normalizer()
+    raise ConfigError(f"unknown normaliser {name!r}; choose one of {', '.join(NORMALIZERS)}")
 
 
 class Tokenizer:
