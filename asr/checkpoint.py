@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -146,7 +145,8 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict:
             raise DataError(f"{path}: model weights do not match {paths[-1]} (different keys)")
         for key, total in sums.items():
             if state[key].shape != total.shape:
-                raise DataError(f"{path}: '{key}' has shape {tuple(state[key].shape)}, {paths[-1]} has {tuple(total.shape)}")
+                raise DataError(f"{path}: '{key}' has shape {tuple(state[key].shape)}, "
+                                f"{paths[-1]} has {tuple(total.shape)}")
             total += state[key].to(torch.float64)
     averaged = {
         k: (sums[k] / len(paths)).to(v.dtype) if k in sums else v.clone() for k, v in last["model"].items()

@@ -493,6 +493,8 @@ def _add_stats(sub) -> None:
     p.add_argument("--config", help="experiment config YAML (features, data sections are used)")
     p.add_argument("--train", required=True, help="training manifest (JSONL)")
     p.add_argument("--exp", required=True, help="experiment folder")
+    p.add_argument("--nj", type=positive_int, default=1,
+                   help="processes computing the CMVN statistics on the CPU (default 1; e.g. the number of cores)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_run_stats)
 
@@ -501,7 +503,7 @@ def _run_stats(args) -> int:
     from asr.experiment import load_experiment_config, stats
 
     _check_outputs(args.exp)
-    summary = stats(load_experiment_config(args.config, args.overrides), args.train, args.exp)
+    summary = stats(load_experiment_config(args.config, args.overrides), args.train, args.exp, jobs=args.nj)
     print(f"{summary['kept']} of {summary['utterances']} utterances ({summary['hours']:.2f} h) within the length "
           f"limits; {summary['vocab_size']} tokens -> {summary['tokens']}; "
           f"CMVN of {summary['feature_dim']}-dim features -> {summary['cmvn']}")

@@ -224,11 +224,21 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+@dataclass(frozen=True)
+class CmvnJob:
+    """How CMVN statistics are computed when they must be."""
+
+    device: str | torch.device = "cpu"  # where features are computed (jobs == 1)
+    jobs: int = 1  # processes on the CPU (`asr stats --nj`)
+    allowed: bool = True  # False under DDP: statistics are never computed behind a barrier
+
+
 def prepare_experiment(config: ExperimentConfig, records: Sequence[dict], exp_dir: Path, write: bool = True,
-                       device: str | torch.device = "cpu", source: str = "training manifest") -> Prepared:
+                       cmvn_job: CmvnJob = CmvnJob(), source: str = "training manifest") -> Prepared:
     """tokens.txt, the utterance selection and cmvn.pt of an experiment, the same for `asr stats`
     and `asr train`, from the records of the training manifest `source`. `write` False (DDP ranks
-    other than 0): read what rank 0 wrote, write nothing. DataError when no utterance is left."""
+    other than 0): read what rank 0 wrote, write nothing. DataError when no utterance is left, or
+    when statistics are missing and `cmvn_job.allowed` is False."""
     from asr.data.dataset import filter_records
 
     records = list(records)
@@ -240,7 +250,7 @@ def prepare_experiment(config: ExperimentConfig, records: Sequence[dict], exp_di
     if not kept:
         raise DataError(f"{source}: no training utterance left after the length filters and the CTC feasibility "
                         f"check (first reasons: {'; '.join(f'{u}: {r}' for u, r in dropped[:3])})")
-    cmvn = prepare_cmvn(exp_dir, kept, config.features, config.data.num_workers, write, device)
+    cmvn = prepare_cmvn(exp_dir, kept, config.features, config.data.num_workers, write, cmvn_job)
     return Prepared(tokenizer, model_config, cmvn, records, kept, dropped)
 
 
@@ -270,15 +280,19 @@ def cmvn_fingerprint(records: Sequence[dict], feature_config: FeatureConfig) -> 
 
 
 def prepare_cmvn(exp_dir: Path, records: Sequence[dict], feature_config: FeatureConfig, num_workers: int,
-                 write: bool = True, device: str | torch.device = "cpu") -> GlobalCMVN:
+                 write: bool = True, job: CmvnJob = CmvnJob()) -> GlobalCMVN:
     """exp/cmvn.pt: global CMVN of the features of `records`, computed once and reused while its
     fingerprint (`cmvn_fingerprint`) matches; recomputed when it does not and no checkpoint was
     trained on it, refused when one was."""
     path = exp_dir / "cmvn.pt"
     fingerprint = cmvn_fingerprint(records, feature_config)
     if write and _stale_cmvn(path, fingerprint, exp_dir):
+        if not job.allowed:
+            raise DataError(f"{path}: no CMVN statistics for this training set; a multi-process training does not "
+                            "compute them (the other processes would wait behind a barrier): run `asr stats --config "
+                            "CONFIG --train MANIFEST --exp EXP --nj N` first")
         started = time.monotonic()
-        cmvn = compute_cmvn(list(records), feature_config, num_workers=num_workers, device=device)
+        cmvn = compute_cmvn(list(records), feature_config, num_workers=num_workers, device=job.device, jobs=job.jobs)
         if not (torch.isfinite(cmvn.mean).all() and torch.isfinite(cmvn.std).all()):
             raise DataError(f"CMVN statistics of {len(records)} utterances are not finite: an audio file holds "
                             "NaN or infinite samples")
@@ -309,12 +323,14 @@ def _stale_cmvn(path: Path, fingerprint: str, exp_dir: Path) -> bool:
     return True
 
 
-def stats(config: ExperimentConfig, train_manifest: str | os.PathLike, exp_dir: str | os.PathLike) -> dict:
+def stats(config: ExperimentConfig, train_manifest: str | os.PathLike, exp_dir: str | os.PathLike,
+          jobs: int = 1) -> dict:
     """`asr stats`: write exp/tokens.txt and exp/cmvn.pt from the training manifest (exactly what
-    `asr train` does first) and return a summary of the data."""
+    `asr train` does first; CMVN over `jobs` processes) and return a summary of the data."""
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_experiment(config, read_records(train_manifest), exp_dir, source=str(train_manifest))
+    prepared = prepare_experiment(config, read_records(train_manifest), exp_dir, cmvn_job=CmvnJob(jobs=jobs),
+                                  source=str(train_manifest))
     return {"utterances": len(prepared.records), "kept": len(prepared.kept), "dropped": len(prepared.dropped),
             "hours": sum(r["duration"] for r in prepared.kept) / 3600, "vocab_size": prepared.tokenizer.vocab_size,
             "feature_dim": int(prepared.cmvn.mean.numel()), "tokens": str(exp_dir / "tokens.txt"),

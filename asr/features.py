@@ -22,6 +22,7 @@ Typical use in training: `Narrowband` (waveforms, train only) -> features -> `Gl
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ import torchaudio
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from asr.errors import ConfigError, DataError
+from asr.errors import AudioError, ConfigError, DataError
 from asr.fileio import atomic_torch_save
 from asr.lengths import valid_mask
 
@@ -39,6 +40,7 @@ WAVEFORM_SCALE = 32768.0  # float waveforms in [-1, 1] times this give Kaldi's i
 STD_FLOOR = 1e-2  # smallest CMVN standard deviation (feature units); guards near-constant dimensions
 _EPSILON = torch.finfo(torch.float32).eps  # Kaldi's floor before every log
 _BLACKMAN_COEFF = 0.42  # Kaldi's default for the "blackman" window
+log = logging.getLogger("asr.features")
 _WINDOW_TYPES = ("povey", "hanning", "hamming", "rectangular", "blackman")
 
 
@@ -392,7 +394,8 @@ class GlobalCMVN(nn.Module):
 
 
 class _AudioFiles(torch.utils.data.Dataset):
-    """Waveforms of manifest records, for compute_cmvn's loader."""
+    """Waveforms of manifest records, for compute_cmvn's loader; an unreadable file gives its
+    error instead (it is left out of the statistics and named)."""
 
     def __init__(self, records: list[dict], sample_rate: int):
         self.records, self.sample_rate = records, sample_rate
@@ -400,15 +403,57 @@ class _AudioFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, index: int) -> Tensor | str:
         from asr.audio import load_audio
 
-        return load_audio(self.records[index]["audio"], self.sample_rate)
+        try:
+            return load_audio(self.records[index]["audio"], self.sample_rate)
+        except AudioError as error:
+            return str(error)
 
 
-def _pad_waveforms(waveforms: list[Tensor]) -> tuple[Tensor, Tensor]:
+def _pad_waveforms(items: list[Tensor | str]) -> tuple[Tensor, Tensor, list[str]]:
+    waveforms = [w for w in items if not isinstance(w, str)]
     lengths = torch.tensor([len(w) for w in waveforms], dtype=torch.long)
-    return nn.utils.rnn.pad_sequence(waveforms, batch_first=True), lengths
+    padded = nn.utils.rnn.pad_sequence(waveforms, batch_first=True) if waveforms else torch.zeros(0, 0)
+    return padded, lengths, [w for w in items if isinstance(w, str)]
+
+
+def cmvn_sums(records: list[dict], config: FeatureConfig, batch_size: int = 16, num_workers: int = 0,
+              device: str | torch.device = "cpu", progress: bool = True) -> tuple[Tensor, Tensor, int, list[str]]:
+    """Per-dimension sums of the features of `records` and of their squares (float64), their frame
+    count, and the errors of the files that could not be read (left out).
+
+    One streaming pass in order of duration (little padding); memory does not grow with the
+    corpus. No dither (statistics of the clean signal).
+    """
+    from asr.data.dataset import build_loader
+
+    order = sorted(range(len(records)), key=lambda i: float(records[i].get("duration", 0.0)))
+    batches = [list(range(start, min(start + batch_size, len(order)))) for start in range(0, len(order), batch_size)]
+    loader = build_loader(_AudioFiles([records[i] for i in order], config.sample_rate), batches, num_workers,
+                          pin_memory=False, collate_fn=_pad_waveforms)
+    device = torch.device(device)
+    total = torch.zeros(config.dim, dtype=torch.float64, device=device)
+    total_sq = torch.zeros(config.dim, dtype=torch.float64, device=device)
+    count, errors = 0, []
+    with torch.no_grad(), tqdm(total=len(records), unit="utt", desc="cmvn", disable=None if progress else True) as bar:
+        for waveforms, lengths, failed in loader:
+            errors.extend(failed)
+            if len(lengths):
+                feats, frame_lengths = compute_features(waveforms.to(device), lengths.to(device), config, dither=0.0)
+                feats = feats.double()  # padding frames are 0 and add nothing
+                total += feats.sum(dim=(0, 1))
+                total_sq += feats.square().sum(dim=(0, 1))
+                count += int(frame_lengths.sum())
+            bar.update(len(lengths) + len(failed))
+    return total.cpu(), total_sq.cpu(), count, errors
+
+
+def _shard_sums(job: tuple[list[dict], FeatureConfig, int]) -> tuple[Tensor, Tensor, int, list[str]]:
+    records, config, batch_size = job
+    torch.set_num_threads(1)  # one process per core
+    return cmvn_sums(records, config, batch_size, progress=False)
 
 
 def compute_cmvn(
@@ -417,34 +462,31 @@ def compute_cmvn(
     batch_size: int = 16,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    jobs: int = 1,
 ) -> GlobalCMVN:
     """Global CMVN statistics of the features of `records` (manifest dicts with "audio" and "duration").
 
-    One streaming pass: per batch, the feature sum, sum of squares and frame count are added to
-    float64 accumulators, so memory does not grow with the corpus. Records are visited in order
-    of duration to keep padding small. Dither is not applied (statistics of the clean signal).
+    jobs > 1: the records (dealt round-robin in order of duration) are shared out to that many
+    processes on the CPU and their sums added; the result equals one process's up to float64
+    rounding. A file that cannot be read is left out with a warning naming it.
     """
     for position, record in enumerate(records):
         if "audio" not in record:
             raise DataError(f"manifest record {record.get('id', position)!r} has no 'audio' path")
-    order = sorted(range(len(records)), key=lambda i: float(records[i].get("duration", 0.0)))
-    from asr.data.dataset import build_loader
+    if jobs > 1:
+        import multiprocessing
 
-    batches = [list(range(start, min(start + batch_size, len(order)))) for start in range(0, len(order), batch_size)]
-    loader = build_loader(_AudioFiles([records[i] for i in order], config.sample_rate), batches, num_workers,
-                          pin_memory=False, collate_fn=_pad_waveforms)
-    device = torch.device(device)
-    total = torch.zeros(config.dim, dtype=torch.float64, device=device)
-    total_sq = torch.zeros(config.dim, dtype=torch.float64, device=device)
-    count = 0
-    with torch.no_grad(), tqdm(total=len(records), unit="utt", desc="cmvn", disable=None) as progress:
-        for waveforms, lengths in loader:
-            feats, frame_lengths = compute_features(waveforms.to(device), lengths.to(device), config, dither=0.0)
-            feats = feats.double()  # padding frames are 0 and add nothing
-            total += feats.sum(dim=(0, 1))
-            total_sq += feats.square().sum(dim=(0, 1))
-            count += int(frame_lengths.sum())
-            progress.update(len(lengths))
+        order = sorted(records, key=lambda r: float(r.get("duration", 0.0)))
+        shards = [(order[j::jobs], config, batch_size) for j in range(jobs)]
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            parts = list(tqdm(pool.imap(_shard_sums, shards), total=jobs, unit="job", desc="cmvn", disable=None))
+        total, total_sq = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        count, errors = sum(p[2] for p in parts), [e for p in parts for e in p[3]]
+    else:
+        total, total_sq, count, errors = cmvn_sums(records, config, batch_size, num_workers, device)
+    for error in errors:
+        log.warning("left out of the CMVN statistics: %s", error)
     if count == 0:
-        raise DataError(f"no feature frames in {len(records)} records: every file is shorter than one frame")
-    return GlobalCMVN.from_stats(total.cpu(), total_sq.cpu(), count)
+        raise DataError(f"no feature frames in {len(records)} records: every file is shorter than one frame "
+                        "or cannot be read")
+    return GlobalCMVN.from_stats(total, total_sq, count)

@@ -48,6 +48,7 @@ from asr.checkpoint import load_checkpoint, model_payload, save_checkpoint, step
 from asr.config import config_diff, dump_config, to_dict
 from asr.errors import ConfigError, DataError
 from asr.experiment import (
+    CmvnJob,
     ExperimentConfig,
     OptimConfig,
     TrainConfig,
@@ -590,7 +591,8 @@ def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: 
     train_records, valid_records = read_records(train_manifest), read_records(valid_manifest)
     prepared = None
     if runtime.is_main:
-        prepared = prepare_experiment(config, train_records, exp_dir, device=runtime.device, source=str(train_manifest))
+        job = CmvnJob(device=runtime.device, allowed=not runtime.distributed)
+        prepared = prepare_experiment(config, train_records, exp_dir, cmvn_job=job, source=str(train_manifest))
     runtime.barrier()
     if prepared is None:
         prepared = prepare_experiment(config, train_records, exp_dir, write=False, source=str(train_manifest))

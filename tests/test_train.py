@@ -409,3 +409,27 @@ def test_cmvn_is_recomputed_when_the_manifest_changes_and_refused_once_trained_o
     assert main(["stats", "--train", str(corpus["train"]), "--exp", str(exp), *TINY]) == 1
     assert "cmvn.pt: the training utterances or feature options changed" in capsys.readouterr().err
     assert torch.equal(torch.load(exp / "cmvn.pt", weights_only=True)["mean"], after["mean"])  # left as it was
+
+
+def test_stats_over_several_processes_equal_one(corpus, tmp_path):
+    """asr stats --nj 2 shares the files out to two processes; the statistics equal one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["stats", "--train", str(corpus["train"]), "--exp", str(one), *TINY]) == 0
+    assert main(["stats", "--train", str(corpus["train"]), "--exp", str(two), "--nj", "2", *TINY]) == 0
+    a, b = (torch.load(e / "cmvn.pt", weights_only=True) for e in (one, two))
+    torch.testing.assert_close(a["mean"], b["mean"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a["std"], b["std"], rtol=1e-6, atol=1e-6)
+    assert a["fingerprint"] == b["fingerprint"]
+
+
+def test_ddp_refuses_to_compute_cmvn_behind_a_barrier(corpus, tmp_path):
+    """Several processes and no statistics: one line asking for `asr stats`, not a barrier timeout."""
+    exp = tmp_path / "ddp-no-stats"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "asr.cli", "train", "--train", str(corpus["train"]), "--valid", str(corpus["valid"]),
+               "--exp", str(exp), *TINY, "train.device=cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "asr train: error:" in done.stderr and "run `asr stats" in done.stderr
+    assert not (exp / "cmvn.pt").exists()
