@@ -9,6 +9,15 @@ zero-probability n-grams. Optional entropy pruning (Stolcke) with `kaldingram`'s
 Text is normalised with `asr.text.normalize_text`, the same normaliser that made the training
 transcripts, so the LM's words are spelled as the acoustic model spells them.
 
+Every ARPA file written holds `<unk>`, so that a decoder allowing words outside the LM (or KenLM
+scoring held-out text) gives them a probability instead of log10 -100: the Good-Turing estimate
+of meeting an unseen word, P(<unk>) = (word types seen once) / (running words + sentence ends),
+at least one type's worth. The other unigram probabilities are scaled by 1 - P(<unk>) and every
+back-off weight recomputed, so each context's distribution still sums to 1 (`add_unk`).
+
+KenLM's binary format is not written: the `kenlm` package is a source distribution here whose
+Python module has no `build_binary`; flashlight, KenLM and pyctcdecode all load ARPA.
+
 A lexicon spells every LM word as characters followed by the word separator `|`; it is built
 from the ARPA unigrams, so any word list works. Words with characters the tokenizer lacks are
 skipped and counted.
@@ -20,6 +29,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -48,6 +58,7 @@ class LmSummary:
     vocabulary: int  # distinct words
     ngrams: dict[int, int] = field(default_factory=dict)  # order -> number of n-grams in the ARPA file
     pruned: bool = False  # entropy pruning applied
+    unk_prob: float = 0.0  # P(<unk>) in the unigram distribution
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:
@@ -111,14 +122,14 @@ def _build_lm(text_paths: Sequence, order: int, out_path: Path, prune_threshold:
 
     counts = NgramCounts(order)
     sentences = words = 0
-    vocabulary: set[str] = set()
+    frequencies: Counter[str] = Counter()
     for path in text_paths:
         for sentence in read_sentences(path):
             sentence_words = sentence.split()
             counts.add_raw_counts_from_line(sentence)
             sentences += 1
             words += len(sentence_words)
-            vocabulary.update(sentence_words)
+            frequencies.update(sentence_words)
     if sentences == 0:
         names = ", ".join(str(p) for p in text_paths)
         raise DataError(f"{names}: no text left after normalisation; cannot train a language model")
@@ -139,6 +150,8 @@ def _build_lm(text_paths: Sequence, order: int, out_path: Path, prune_threshold:
         buffer = io.StringIO()
         model.write(buffer)
         arpa_text = buffer.getvalue()
+    unk_prob = unk_probability(frequencies, sentences)
+    arpa_text = add_unk(arpa_text, unk_prob)
     if out_path.suffix == ".gz":
         with atomic_open(out_path, "wb", encoding=None) as f:
             f.write(gzip.compress(arpa_text.encode("utf-8")))
@@ -150,10 +163,93 @@ def _build_lm(text_paths: Sequence, order: int, out_path: Path, prune_threshold:
         order=order,
         sentences=sentences,
         words=words,
-        vocabulary=len(vocabulary),
+        vocabulary=len(frequencies),
         ngrams=arpa_ngram_counts(out_path),
         pruned=pruned,
+        unk_prob=unk_prob,
     )
+
+
+# --- <unk> ---------------------------------------------------------------------------------------
+
+UNK = "<unk>"
+
+
+def unk_probability(frequencies: Counter, sentences: int) -> float:
+    """Good-Turing probability that the next token is a word never seen in training: word types
+    seen once over the tokens the unigram distribution predicts (words and sentence ends); at
+    least one type's worth, so that it is never 0."""
+    singletons = sum(1 for n in frequencies.values() if n == 1)
+    return max(singletons, 1) / (sum(frequencies.values()) + sentences)
+
+
+def _parse_arpa(text: str) -> list[dict[tuple[str, ...], list]]:
+    """ARPA text -> per order (index 0 = unigrams) {ngram: [log10 p, log10 backoff or None]}."""
+    model: list[dict] = []
+    order = 0
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("\\") and line.endswith("-grams:"):
+            order = int(line[1:].split("-")[0])
+            model.append({})
+        elif line == "\\end\\":
+            break
+        elif order and line:
+            fields = line.split()
+            backoff = float(fields[order + 1]) if len(fields) > order + 1 else None
+            model[order - 1][tuple(fields[1 : order + 1])] = [float(fields[0]), backoff]
+    return model
+
+
+def _format_arpa(model: list[dict]) -> str:
+    lines = ["", "\\data\\"] + [f"ngram {n + 1}={len(grams)}" for n, grams in enumerate(model)]
+    for n, grams in enumerate(model):
+        lines += ["", f"\\{n + 1}-grams:"]
+        for ngram, (logp, backoff) in grams.items():
+            cells = [f"{logp:.7g}", " ".join(ngram)] + ([] if backoff is None else [f"{backoff:.7g}"])
+            lines.append("\t".join(cells))
+    return "\n".join(lines + ["", "\\end\\", ""])
+
+
+def _backed_off(model: list[dict], context: tuple[str, ...], word: str) -> float:
+    """P(word | context) of a back-off model (the word is in its vocabulary)."""
+    weight = 1.0
+    while True:
+        entry = model[len(context)].get(context + (word,)) if len(context) < len(model) else None
+        if entry is not None:
+            return weight * 10 ** entry[0]
+        if not context:
+            raise KeyError(word)  # not in the unigrams: callers ask only for the model's words
+        backoff = model[len(context) - 1].get(context, [0.0, None])[1]
+        weight *= 10 ** (backoff or 0.0)
+        context = context[1:]
+
+
+def add_unk(arpa_text: str, unk_prob: float) -> str:
+    """Add `<unk>` with probability `unk_prob` to an ARPA back-off LM: the other unigrams are
+    scaled by 1 - unk_prob and every back-off weight is recomputed,
+    bow(h) = (1 - sum of P(w | h) over the n-grams h w) / (1 - sum of P(w | h') over the same w),
+    h' being h less its first word, so every context's distribution sums to 1 again. A model that
+    already has `<unk>` is returned as it is."""
+    model = _parse_arpa(arpa_text)
+    if (UNK,) in model[0] or not 0 < unk_prob < 1:
+        return arpa_text
+    for ngram, entry in model[0].items():
+        if ngram != ("<s>",):
+            entry[0] += math.log10(1 - unk_prob)
+    model[0] = {(UNK,): [math.log10(unk_prob), None], **model[0]}
+    for n in range(len(model) - 1):  # contexts of n + 1 words, shortest first
+        followers: dict[tuple, list[str]] = {}
+        for ngram in model[n + 1]:
+            followers.setdefault(ngram[:-1], []).append(ngram[-1])
+        for context, entry in model[n].items():
+            if entry[1] is None and context not in followers:
+                continue
+            words = followers.get(context, [])
+            seen = sum(10 ** model[n + 1][context + (w,)][0] for w in words)
+            lower = sum(_backed_off(model, context[1:], w) for w in words)
+            entry[1] = math.log10(max(1 - seen, 1e-12) / max(1 - lower, 1e-12))
+    return _format_arpa(model)
 
 
 def is_arpa(path: str | os.PathLike) -> bool:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import gzip
-import math
+import io
 from collections import Counter
 
 import pytest
+from kaldingram.train import NgramCounts
 
 from asr.cli import main as cli_main
 from asr.errors import ConfigError, DataError
-from asr.lm import arpa_ngram_counts, build_lexicon, build_lm, is_arpa, read_arpa_vocabulary
+from asr.lm import (
+    MAX_DISCOUNT,
+    add_unk,
+    arpa_ngram_counts,
+    build_lexicon,
+    build_lm,
+    is_arpa,
+    read_arpa_vocabulary,
+    read_sentences,
+)
 
 TEXT = """The cat sat on the mat.
 the dog -- sat on the log!
@@ -52,8 +62,9 @@ def test_build_lm_normalises_and_counts(text_file, tmp_path):
     arpa = read_arpa(tmp_path / "lm.arpa")
     assert summary.sentences == 4 and summary.words == 6 + 6 + 6 + 3
     vocab = set(read_arpa_vocabulary(tmp_path / "lm.arpa"))
-    assert vocab == {"<s>", "</s>", "THE", "CAT", "SAT", "ON", "MAT", "DOG", "LOG", "A", "CAT'S", "HAT", "DOG'S"}
-    assert summary.vocabulary == len(vocab) - 2
+    assert vocab == {"<s>", "</s>", "<unk>", "THE", "CAT", "SAT", "ON", "MAT", "DOG", "LOG", "A", "CAT'S", "HAT",
+                     "DOG'S"}
+    assert summary.vocabulary == len(vocab) - 3
     assert summary.ngrams == {n: len(arpa[n]) for n in (1, 2, 3)} == arpa_ngram_counts(tmp_path / "lm.arpa")
     # Kneser-Ney unigram distribution is proper: probabilities of all predicted words sum to 1
     total = sum(10 ** lp for (w,), (lp, _) in arpa[1].items() if w != "<s>")
@@ -126,3 +137,70 @@ def test_tiny_corpus_has_no_zero_probability_ngrams(tmp_path):
     zero = [ng for order in (2, 3) for ng, (lp, _) in arpa[order].items() if lp <= -90]
     assert zero == []
     assert all(lp > -90 for (w,), (lp, _) in arpa[1].items() if w != "<s>")
+
+
+def probability(arpa, context, word):
+    """P(word | context) by the ARPA back-off rule, from the test's own parse."""
+    weight = 1.0
+    while True:
+        n = len(context) + 1
+        if n in arpa and context + (word,) in arpa[n]:
+            return weight * 10 ** arpa[n][context + (word,)][0]
+        backoff = arpa[len(context)].get(context, (0.0, None))[1] if context else None
+        weight *= 10 ** (backoff or 0.0)
+        context = context[1:]
+
+
+def assert_every_context_sums_to_one(arpa):
+    predicted = [w for (w,) in arpa[1] if w != "<s>"]
+    contexts = [()] + [ng for n in range(1, max(arpa)) for ng in arpa[n]]
+    for context in contexts:
+        total = sum(probability(arpa, context, w) for w in predicted)
+        assert total == pytest.approx(1.0, abs=1e-5), context
+
+
+def test_unk_has_the_singleton_mass_and_every_distribution_sums_to_one(text_file, tmp_path):
+    summary = build_lm(text_file, 3, tmp_path / "lm.arpa")
+    arpa = read_arpa(tmp_path / "lm.arpa")
+    # 21 words and 4 sentence ends; MAT, DOG, LOG, CAT'S and DOG'S are seen once
+    assert summary.unk_prob == pytest.approx(5 / 25)
+    assert 10 ** arpa[1][("<unk>",)][0] == pytest.approx(5 / 25, rel=1e-5)
+    assert arpa[1][("<unk>",)][1] is None
+    assert_every_context_sums_to_one(arpa)
+    # an unknown word after THE now has a probability: bow(THE) * P(<unk>)
+    assert 0 < probability(arpa, ("<s>", "THE"), "<unk>") < 0.2
+    # the known words keep their relative probabilities
+    before = {ng: lp for ng, (lp, _) in read_arpa(lm_without_unk(text_file, tmp_path))[1].items()}
+    ratio = {ng: 10 ** (arpa[1][ng][0] - lp) for ng, lp in before.items() if ng != ("<s>",)}
+    assert all(r == pytest.approx(1 - 5 / 25, rel=1e-5) for r in ratio.values())
+
+
+def lm_without_unk(text_file, tmp_path):
+    """The same trigram LM as build_lm trains, without <unk> (add_unk with probability 0 leaves
+    a model as it is)."""
+    counts = NgramCounts(3)
+    for sentence in read_sentences(text_file):
+        counts.add_raw_counts_from_line(sentence)
+    counts.cal_discounting_constants()
+    counts.d = [min(d, MAX_DISCOUNT) for d in counts.d]
+    counts.cal_f()
+    counts.cal_bow()
+    buffer = io.StringIO()
+    counts.print_as_arpa(fout=buffer)
+    assert add_unk(buffer.getvalue(), 0.0) == buffer.getvalue()
+    path = tmp_path / "plain.arpa"
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("order, prune", [(2, None), (4, None), (3, 1e-2)])
+def test_distributions_sum_to_one_at_every_order_and_after_pruning(tmp_path, order, prune):
+    text = tmp_path / "t.txt"
+    sentences = ["the cat sat on the mat", "the dog sat on the log", "a cat sat on a dog", "the red hat sat",
+                 "a dog ran", "the cat ran on the mat"]
+    text.write_text("\n".join(sentences * 2) + "\n", encoding="utf-8")
+    build_lm(text, order, tmp_path / "lm.arpa", prune_threshold=prune)
+    arpa = read_arpa(tmp_path / "lm.arpa")
+    assert ("<unk>",) in arpa[1]
+    assert_every_context_sums_to_one(arpa)
+    assert add_unk((tmp_path / "lm.arpa").read_text(), 0.3) == (tmp_path / "lm.arpa").read_text()  # has one
