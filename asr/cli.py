@@ -404,7 +404,7 @@ def _add_results(sub) -> None:
     p = sub.add_parser(
         "results", help="collect decode results into a Markdown table (RESULTS.md)",
         description="One row per set and decoder from EXP/decode/<set>/<decoder>/results.json: WER with "
-                    "its 95%% bootstrap interval, CER, SER, LM weights, checkpoint and config.")
+                    "its 95% bootstrap interval, CER, SER, normaliser, LM weights, checkpoint and config.")
     p.add_argument("--exp", action="append", required=True, help="experiment folder (repeatable)")
     p.add_argument("--out", required=True, help="Markdown file to write, e.g. RESULTS.md")
     p.add_argument("--title", default="Results", help="heading of the file")
@@ -467,7 +467,9 @@ def _add_lm(sub) -> None:
     lm_sub = p.add_subparsers(dest="lm_command", required=True, metavar="LM_COMMAND")
     b = lm_sub.add_parser("build", help="train a Kneser-Ney n-gram LM (ARPA) on text",
                           description="Train a Kneser-Ney n-gram LM with kaldingram on normalised text "
-                                      "(one sentence per line, .gz or a .jsonl manifest also accepted).")
+                                      "(one sentence per line, .gz or a .jsonl manifest also accepted). The ARPA "
+                                      "holds <unk> with the probability of an unseen word (types seen once / "
+                                      "tokens); KenLM binary output is not available (no build_binary here).")
     b.add_argument("--text", required=True, action="append", help="training text (repeat for several files)")
     b.add_argument("--order", type=int_range(1, 5), default=3, help="n-gram order, 1-5 (default 3)")
     b.add_argument("--out", required=True, help="output ARPA file (.arpa or .arpa.gz)")
@@ -482,7 +484,8 @@ def _run_lm(args) -> int:
     summary = build_lm(args.text, args.order, args.out, prune_threshold=args.prune)
     counts = ", ".join(f"{n}-grams {c}" for n, c in sorted(summary.ngrams.items()))
     print(f"{summary.path}: order {summary.order}{' (pruned)' if summary.pruned else ''}, "
-          f"{summary.sentences} sentences, {summary.words} words, vocabulary {summary.vocabulary}; {counts}")
+          f"{summary.sentences} sentences, {summary.words} words, vocabulary {summary.vocabulary}; {counts}; "
+          f"P(<unk>) {summary.unk_prob:.4f}")
     return 0
 
 

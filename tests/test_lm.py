@@ -121,7 +121,8 @@ def test_lexicon_from_vocabulary_skips_unknown_characters():
 
 def test_cli_lm_build(text_file, tmp_path, capsys):
     assert cli_main(["lm", "build", "--text", str(text_file), "--order", "2", "--out", str(tmp_path / "lm.arpa")]) == 0
-    assert "2-grams" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2-grams" in out and "P(<unk>) 0.2000" in out  # 5 singletons / (21 words + 4 sentence ends)
     assert read_arpa(tmp_path / "lm.arpa")[2]
     assert cli_main(["lm", "build", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x.arpa")]) == 1
     assert "not found" in capsys.readouterr().err
