@@ -421,6 +421,16 @@ class Transcriber:
         inference = InferenceModel.from_checkpoint(path, device=device)
         return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking)
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
+                  chunking: ChunkingConfig = ChunkingConfig()) -> "Transcriber":
+        """Load a model written by `asr export` (an `.onnx` file, or the export folder's
+        model.onnx), run by onnxruntime on the CPU (`asr.onnx_backend.OnnxInferenceModel`)."""
+        from asr.onnx_backend import OnnxInferenceModel
+
+        inference = OnnxInferenceModel(path)
+        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking)
+
     def transcribe(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,
                    sample_rate: int | None = None) -> Transcript:
         """Transcribe a file (any format libsndfile reads, any rate, any channels) or a waveform.
