@@ -436,6 +436,9 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt) instead of stdout")
     _add_decoding_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): --model is a checkpoint; onnx: --model is an `asr export` folder or "
+                   ".onnx file (e.g. model.int8.onnx), run by onnxruntime on the CPU")
     p.add_argument("--max-chunk", type=positive_float, default=20.0,
                    help="longest chunk fed to the model, seconds (default 20)")
     p.add_argument("--top-db", type=positive_float, default=40.0,
@@ -453,11 +456,96 @@ def _run_transcribe(args) -> int:
     options = _decoding_options(args)
     chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
                               batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
-    transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking)
+    if args.backend == "onnx":
+        transcriber = Transcriber.from_onnx(args.model, options=options, chunking=chunking)
+    else:
+        transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking)
     summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir)
     where = f" -> {args.output_dir}" if args.output_dir else ""
     print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
           + (f"; {len(summary.failed)} failed" if summary.failed else ""), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+# --- export / align ---------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX (optionally int8) and TorchScript",
+        description="Write OUT/model.onnx, OUT/model.torchscript.pt (and with --int8 OUT/model.int8.onnx, "
+        "dynamic int8 quantisation by onnxruntime) and OUT/model.json. The graphs map normalised features "
+        "(B, frames, dim) and their lengths (B,) to CTC log-probs (B, out_frames, tokens) and their lengths; "
+        "computing the features is the caller's job: model.json (also embedded in each file) holds the "
+        "feature config, the CMVN mean/std, the tokens and the seconds per output frame. Each file written "
+        "is checked against PyTorch on a batch of varied lengths.")
+    p.add_argument("--model", required=True, help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, "
+                   "else last.pt)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--format", default="onnx,torchscript", help="comma-separated, from onnx, torchscript "
+                   "(default both)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (needs onnx in --format)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from asr.export import export_model
+
+    _check_outputs(args.out)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    result = export_model(args.model, args.out, formats, int8=args.int8)
+    for kind, path in result.files.items():
+        check = ""
+        if kind in result.max_abs_diff:
+            check = (f": max |log-prob difference| from PyTorch {result.max_abs_diff[kind]:.1e}, greedy text "
+                     + ("the same" if result.same_greedy[kind] else "DIFFERENT") + " on the check batch")
+        print(f"{path}{check}")
+    return 0
+
+
+def _add_align(sub) -> None:
+    p = sub.add_parser(
+        "align", help="word and character times of known transcripts (CTC forced alignment)",
+        description="Align each utterance's transcript to its audio with the model's CTC posteriors "
+        "(torchaudio's forced_align). Writes OUT/alignments.jsonl (words and characters with start, end, "
+        "confidence), OUT/alignments.ctm (sclite's word format) and OUT/failed.txt. An utterance that cannot "
+        "be aligned (unreadable audio, characters outside the model's tokens, a transcript too long for its "
+        "frames) is named on stderr and in failed.txt, and makes the exit status 1.")
+    p.add_argument("--model", required=True, help="checkpoint .pt or experiment folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSONL manifest (id, audio, text)")
+    source.add_argument("--audio", help="one audio file (with --text)")
+    p.add_argument("--text", help="the transcript of --audio")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(func=_run_align)
+
+
+def _run_align(args) -> int:
+    from pathlib import Path
+
+    from asr.align import align_records, write_alignments
+    from asr.device import resolve_device
+    from asr.inference import InferenceModel
+
+    if (args.audio is None) != (args.text is None):
+        raise AsrError("--audio and --text go together (or give --manifest)")
+    if args.manifest:
+        from asr.data.manifest import read_manifest
+
+        records = read_manifest(args.manifest)
+    else:
+        from asr.audio import audio_info
+
+        utt = "_".join(Path(args.audio).stem.split()) or "audio"  # the CTM's file field has no spaces
+        records = [{"id": utt, "audio": args.audio, "text": args.text, "duration": audio_info(args.audio).duration}]
+    _check_outputs(args.out)
+    inference = InferenceModel.from_checkpoint(args.model, device=resolve_device(args.device))
+    summary = align_records(inference, records)
+    paths = write_alignments(summary, args.out)
+    for utt, reason in summary.failed:
+        print(f"asr align: {utt}: {reason}", file=sys.stderr)
+    print(f"aligned {len(summary.alignments)} of {len(records)} utterance(s) -> {paths['json']}, {paths['ctm']}"
+          + (f"; {len(summary.failed)} failed, listed in {paths['failed']}" if summary.failed else ""),
+          file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -585,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results,
-                _add_transcribe, _add_lm, _add_stats, _add_average, _add_download):
+                _add_transcribe, _add_export, _add_align, _add_lm, _add_stats, _add_average, _add_download):
         add(sub)
     return parser
 
@@ -603,7 +691,12 @@ def _user_message(err: AsrError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        if args.command == "train":  # training routes its own logs (exp/log/train.log and stderr)
+            return args.func(args) or 0
+        from asr.logs import console_warnings
+
+        with console_warnings():
+            return args.func(args) or 0
     except AsrError as err:
         print(f"asr {args.command}: error: {_user_message(err)}", file=sys.stderr)
         return 1

@@ -23,8 +23,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +36,9 @@ from asr.features import FeatureConfig, GlobalCMVN, compute_cmvn, num_frames
 from asr.fileio import atomic_torch_save
 from asr.model import ModelConfig, build_model
 from asr.text import Tokenizer
+
+if TYPE_CHECKING:
+    from asr.data.dataset import Records
 
 log = logging.getLogger("asr.experiment")
 
@@ -54,6 +58,9 @@ class DataConfig:
     max_utt_duration: float = 20.0  # s, longer training utterances are left out (memory)
     num_workers: int = 2  # DataLoader processes decoding audio; 0 = in the main process
     num_buckets: int = 10  # equal-count duration buckets the sampler shuffles within
+    # utterances whose audio fails to load are skipped and listed in log/bad_utterances.txt; past
+    # this many training stops (a corpus that broken needs fixing, not training)
+    max_bad_utterances: int = 100
 
     def __post_init__(self) -> None:
         _check(self.max_duration > 0, "data.max_duration", self.max_duration, "> 0 seconds")
@@ -61,6 +68,7 @@ class DataConfig:
                f"<= data.max_utt_duration ({self.max_utt_duration})")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.num_buckets >= 1, "data.num_buckets", self.num_buckets, ">= 1")
+        _check(self.max_bad_utterances >= 0, "data.max_bad_utterances", self.max_bad_utterances, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -159,27 +167,15 @@ def ctc_min_frames(targets: Tensor, target_lengths: Tensor) -> Tensor:
     return target_lengths + repeats.sum(dim=1)
 
 
-def _labels_needed(encoded: Sequence[Sequence[int]], chunk: int = 4096) -> list[int]:
-    """`ctc_min_frames` of each token sequence, padded a chunk at a time."""
-    from torch.nn.utils.rnn import pad_sequence
-
-    needed: list[int] = []
-    for start in range(0, len(encoded), chunk):
-        part = [torch.as_tensor(e, dtype=torch.int64) for e in encoded[start:start + chunk]]
-        lengths = torch.tensor([len(p) for p in part], dtype=torch.int64)
-        padded = pad_sequence(part, batch_first=True) if lengths.max() > 0 else torch.zeros(len(part), 0)
-        needed.extend(ctc_min_frames(padded.long(), lengths).tolist())
-    return needed
-
-
-def select_utterances(records: Sequence[dict], tokenizer: Tokenizer, model_config: ModelConfig,
+def select_utterances(records: Sequence[dict] | Records, tokenizer: Tokenizer, model_config: ModelConfig,
                       feature_config: FeatureConfig, min_duration: float | None = None,
-                      max_duration: float | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+                      max_duration: float | None = None) -> tuple[Records, list[tuple[str, str]]]:
     """Keep the utterances that are within the duration bounds and that CTC can align.
 
     An utterance is infeasible when its tokens (plus one blank per adjacent repeat) outnumber the
     model's output frames for its duration, `output_lengths(num_frames(samples))`: its loss would
-    be infinite. Returns (kept, dropped as [(id, reason)]).
+    be infinite. Returns (kept, as `Records` whose texts are encoded with `tokenizer` (the dataset
+    reuses the ids), dropped as [(id, reason)]).
     """
     from asr.data.dataset import filter_records
 
@@ -188,17 +184,14 @@ def select_utterances(records: Sequence[dict], tokenizer: Tokenizer, model_confi
         return kept, dropped
     with torch.device("meta"):  # only its output_lengths arithmetic is used: no weights, no RNG draws
         model = build_model(model_config)
-    samples = torch.tensor([round(float(r["duration"]) * feature_config.sample_rate) for r in kept])
-    out_frames = model.output_lengths(torch.as_tensor(num_frames(samples, feature_config))).tolist()
-    needed = _labels_needed([tokenizer.encode(r["text"]) for r in kept])
-    feasible = []
-    for record, frames, labels in zip(kept, out_frames, needed):
-        if labels > frames:
-            dropped.append((record["id"], f"{labels} CTC labels (tokens + repeats) > {frames} output frames "
-                                          f"for {float(record['duration']):.2f} s"))
-        else:
-            feasible.append(record)
-    return feasible, dropped
+    samples = torch.from_numpy(np.round(kept.durations * feature_config.sample_rate).astype(np.int64))
+    out_frames = model.output_lengths(torch.as_tensor(num_frames(samples, feature_config))).numpy()
+    kept = kept.encode(tokenizer)
+    needed = kept.ctc_labels()
+    for index in np.flatnonzero(needed > out_frames).tolist():
+        dropped.append((kept.id(index), f"{needed[index]} CTC labels (tokens + repeats) > {out_frames[index]} "
+                                        f"output frames for {float(kept.durations[index]):.2f} s"))
+    return kept.take(np.flatnonzero(needed <= out_frames)), dropped
 
 
 # --- preparation: tokens, CMVN, the utterance selection --------------------------------------
@@ -209,16 +202,17 @@ class Prepared:
     tokenizer: Tokenizer  # from exp/tokens.txt
     model_config: ModelConfig  # the config's model section with input_dim and vocab_size filled in
     cmvn: GlobalCMVN  # from exp/cmvn.pt
-    records: list[dict]  # the manifest's utterances, in order
-    kept: list[dict]  # those that pass the duration filter and the CTC feasibility check
+    records: Records  # the manifest's utterances, in order
+    kept: Records  # those that pass the duration filter and the CTC feasibility check (texts encoded)
     dropped: list[tuple[str, str]]  # (id, reason) of the others
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """A manifest's records; DataError naming the file when it has none."""
-    from asr.data.manifest import read_manifest
+def read_records(path: str | os.PathLike) -> Records:
+    """A manifest's records, stored compactly (`asr.data.dataset.Records`); DataError naming the
+    file when it has none."""
+    from asr.data.dataset import Records
 
-    records = read_manifest(path)
+    records = Records.read(path)
     if not records:
         raise DataError(f"{path}: manifest has no utterances")
     return records
@@ -239,9 +233,9 @@ def prepare_experiment(config: ExperimentConfig, records: Sequence[dict], exp_di
     and `asr train`, from the records of the training manifest `source`. `write` False (DDP ranks
     other than 0): read what rank 0 wrote, write nothing. DataError when no utterance is left, or
     when statistics are missing and `cmvn_job.allowed` is False."""
-    from asr.data.dataset import filter_records
+    from asr.data.dataset import as_records, filter_records
 
-    records = list(records)
+    records = as_records(records)
     in_bounds, _ = filter_records(records, config.data.min_utt_duration, config.data.max_utt_duration)
     tokenizer = prepare_tokens(exp_dir, in_bounds, write)
     model_config = config.model_config(tokenizer.vocab_size)

@@ -9,16 +9,19 @@ import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from asr.fileio import atomic_open, atomic_write_text
-from asr.runtime import Runtime
+
+if TYPE_CHECKING:  # asr.runtime imports torch; the console handler serves verbs that start without it
+    from asr.runtime import Runtime
 
 log = logging.getLogger("asr.train")
 
 
 class _TqdmHandler(logging.StreamHandler):
-    """Log lines that do not break a tqdm bar on a terminal."""
+    """Log lines that do not break a tqdm bar on a terminal (written to whatever sys.stderr is
+    when the line is logged)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
@@ -27,6 +30,24 @@ class _TqdmHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never crash training
             self.handleError(record)
+
+
+@contextmanager
+def console_warnings() -> Iterator[None]:
+    """Warnings of the `asr` loggers on stderr, one line each, for a verb other than `asr train`
+    (which routes its logs itself: `training_logs`)."""
+    logger = logging.getLogger("asr")
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    old_propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # a root handler (the user's, pytest's) would print it twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old_propagate
 
 
 @contextmanager

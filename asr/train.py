@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from asr.checkpoint import load_checkpoint, model_payload, save_checkpoint, step_checkpoints
 from asr.config import config_diff, dump_config, to_dict
-from asr.errors import ConfigError, DataError
+from asr.errors import AudioError, ConfigError, DataError
 from asr.experiment import (
     CmvnJob,
     ExperimentConfig,
@@ -250,13 +250,14 @@ def _log_step(state: TrainState, window: LogWindow, stats: dict, total: int, fra
 
 
 def train_one_epoch(model: nn.Module, frontend: Frontend, optimizer: torch.optim.Optimizer, scaler, loader,
-                    state: TrainState, schedule: Schedule, config: ExperimentConfig, runtime: Runtime,
-                    metrics: MetricsLog, after_step: Callable[[bool], bool]) -> bool:
+                    bad: BadUtterances, state: TrainState, schedule: Schedule, config: ExperimentConfig,
+                    runtime: Runtime, metrics: MetricsLog, after_step: Callable[[bool], bool]) -> bool:
     """Train on the rest of the current epoch.
 
-    `model` is the DDP wrapper under torchrun. After each step `after_step(end_of_epoch)` runs the
-    scheduled validation and checkpoints and says whether to stop. Returns True when the epoch was
-    completed, False when it stopped first.
+    `model` is the DDP wrapper under torchrun; `loader` yields (batch, unreadable utterances),
+    which go to `bad`. After each step `after_step(end_of_epoch)` runs the scheduled validation and
+    checkpoints and says whether to stop. Returns True when the epoch was completed, False when it
+    stopped first.
     """
     from tqdm import tqdm
 
@@ -267,7 +268,15 @@ def train_one_epoch(model: nn.Module, frontend: Frontend, optimizer: torch.optim
     frame_shift_s = config.features.frame_shift_ms / 1000
     with tqdm(total=total, initial=state.batches_done, desc=f"epoch {state.epoch + 1}", unit="batch",
               disable=None if runtime.is_main else True, leave=False, dynamic_ncols=True) as progress:
-        for batch in loader:
+        for batch, unreadable in loader:
+            bad.add(unreadable)
+            if batch is None:  # every utterance of the batch failed to load: no step
+                if runtime.distributed:
+                    raise DataError(f"every utterance of a batch failed to load (see {bad.path}); with several "
+                                    "processes the step cannot be skipped: fix or remove those files")
+                state.batches_done += 1
+                progress.update(1)
+                continue
             metrics.debug("batches.txt", f"{state.step + 1} {state.epoch} {' '.join(batch.ids)}\n")
             batch = batch.to(runtime.device, non_blocking=runtime.device.type == "cuda")
             stats = train_step(model, frontend, optimizer, scaler, batch, schedule.lr(state.step + 1),
@@ -306,7 +315,11 @@ def validate(model: nn.Module, frontend: Frontend, loader, decoder, runtime: Run
     loss_sum, utts, refs, hyps = 0.0, 0, [], []
     try:
         with torch.random.fork_rng(devices=devices):
-            for batch in loader:
+            for batch, unreadable in loader:
+                for utt, error in unreadable:
+                    log.warning("validation skips %s, its audio cannot be read: %s", utt, error)
+                if batch is None:
+                    continue
                 batch = batch.to(runtime.device, non_blocking=runtime.device.type == "cuda")
                 _, stats, log_probs, out_lengths = compute_loss(model, frontend, batch, runtime)
                 loss_sum += stats["loss_sum"]
@@ -373,6 +386,7 @@ class RunCheckpoints:
     sampler: object  # the BucketingBatchSampler (its position is saved)
     schedule: Schedule
     runtime: Runtime
+    bad: BadUtterances  # unreadable utterances found so far (all ranks', once saved)
 
     def inference_payload(self, state: TrainState) -> dict:
         return model_payload(self.model, self.model_config, self.frontend.features, self.tokenizer.to_list(),
@@ -380,11 +394,12 @@ class RunCheckpoints:
 
     def training_payload(self, state: TrainState) -> dict:
         """Everything resume needs; every rank must call it (RNG states are gathered)."""
-        rng = get_rng_state(self.runtime.device)
-        ranks: list = [rng]
+        rank_state = {"rng": get_rng_state(self.runtime.device), "bad": sorted(self.bad.ids)}
+        gathered: list = [rank_state]
         if self.runtime.distributed:
-            ranks = [None] * self.runtime.world_size
-            dist.all_gather_object(ranks, rng)
+            gathered = [None] * self.runtime.world_size
+            dist.all_gather_object(gathered, rank_state)
+        ranks = [g["rng"] for g in gathered]
         payload = self.inference_payload(state) | {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"decay_steps": self.schedule.decay_steps, "last_lr": self.optimizer.param_groups[0]["lr"]},
@@ -393,6 +408,7 @@ class RunCheckpoints:
             "config": to_dict(self.config),
             "best": {"wer": state.best_wer, "cer": state.best_cer, "step": state.best_step},
             "skipped_steps": state.skipped_steps,
+            "bad_utterances": sorted({utt for g in gathered for utt in g["bad"]}),
         }
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
@@ -437,6 +453,7 @@ class RunCheckpoints:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         _restore_state(state, payload)
+        self.bad.ids.update(payload.get("bad_utterances", []))
         self.sampler.load_state_dict(payload["sampler"])
         self._restore_rng(payload["rng"]["ranks"], state.step)
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", path, state.step, state.epoch + 1,
@@ -484,6 +501,61 @@ def _link_or_save(source: Path, target: Path, payload: dict) -> None:
 
 
 # --- data ------------------------------------------------------------------------------------
+class SkipUnreadable(torch.utils.data.Dataset):
+    """`dataset[i]`, or {"id", "error"} when utterance i's audio cannot be read (or is already
+    known to be bad: `known_bad`, set before the loader's workers start), so one bad file does not
+    stop a long run."""
+
+    def __init__(self, dataset, ids: Sequence[str]) -> None:
+        self.dataset = dataset
+        self.ids = np.asarray(ids)  # a fixed-width array: workers read it without copying objects
+        self.known_bad: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = str(self.ids[index])
+        if utt in self.known_bad:
+            return {"id": utt, "error": None}
+        try:
+            return self.dataset[index]
+        except AudioError as error:
+            return {"id": utt, "error": str(error)}
+
+
+def collate_readable(items: list[dict]):
+    """(the `Batch` of the readable items, or None when there is none; [(id, error)] of the others,
+    error None for an utterance already known to be bad)."""
+    from asr.data.dataset import collate
+
+    good = [item for item in items if "error" not in item]
+    return (collate(good) if good else None), [(item["id"], item["error"]) for item in items if "error" in item]
+
+
+class BadUtterances:
+    """Utterances whose audio failed to load: each logged once (log/bad_utterances.txt: rank, id,
+    error), remembered in checkpoints so a resumed run does not read them again, at most `limit`."""
+
+    def __init__(self, path: Path, rank: int, limit: int) -> None:
+        self.path, self.rank, self.limit = path, rank, limit
+        self.ids: set[str] = set()
+
+    def add(self, bad: list[tuple[str, str | None]]) -> None:
+        new = [(utt, error) for utt, error in bad if error is not None and utt not in self.ids]
+        if not new:
+            return
+        self.ids.update(utt for utt, _ in new)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:  # short appended lines: ranks may share the file
+            f.writelines(f"{self.rank}\t{utt}\t{' '.join(error.split())}\n" for utt, error in new)
+        for utt, error in new:
+            log.warning("skipped %s, its audio cannot be read: %s (listed in %s)", utt, error, self.path)
+        if len(self.ids) > self.limit:
+            raise DataError(f"{len(self.ids)} utterances could not be read, more than data.max_bad_utterances="
+                            f"{self.limit}: fix or remove the files listed in {self.path}")
+
+
 def _describe_drops(name: str, total: int, dropped: list[tuple[str, str]]) -> None:
     if not dropped:
         log.info("%s: all %d utterances kept", name, total)
@@ -510,15 +582,18 @@ def build_loaders(config: ExperimentConfig, tokenizer: Tokenizer, train_records:
     from asr.data.sampler import BucketingBatchSampler
 
     data, seed, pin = config.data, config.train.seed, runtime.device.type == "cuda"
-    train_set = AudioDataset(train_records, tokenizer, sample_rate=config.features.sample_rate)
-    sampler = BucketingBatchSampler(train_set.durations, data.max_duration, num_buckets=data.num_buckets,
+    train_set = SkipUnreadable(AudioDataset(train_records, tokenizer, sample_rate=config.features.sample_rate),
+                               [r["id"] for r in train_records])
+    sampler = BucketingBatchSampler(train_set.dataset.durations, data.max_duration, num_buckets=data.num_buckets,
                                     shuffle=True, seed=seed, rank=runtime.rank, world_size=runtime.world_size)
     valid_set = AudioDataset(valid_records, tokenizer, sample_rate=config.features.sample_rate)
     valid_batches = _valid_batches(valid_set.durations, data.max_duration, runtime)
     if valid_set.oov_report:
         log.warning("valid: %s", valid_set.oov_report)
-    return (build_loader(train_set, sampler, data.num_workers, pin_memory=pin, seed=seed),
-            build_loader(valid_set, valid_batches, min(data.num_workers, 2), pin_memory=pin, seed=seed))
+    valid_set = SkipUnreadable(valid_set, [r["id"] for r in valid_records])
+    return (build_loader(train_set, sampler, data.num_workers, pin_memory=pin, seed=seed, collate_fn=collate_readable),
+            build_loader(valid_set, valid_batches, min(data.num_workers, 2), pin_memory=pin, seed=seed,
+                         collate_fn=collate_readable))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -626,13 +701,17 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
     sampler = train_loader.batch_sampler
     schedule = Schedule(config.optim, run_length(config.train, config.optim, len(sampler)))
+    bad = BadUtterances(exp_dir / "log" / "bad_utterances.txt", runtime.rank, config.data.max_bad_utterances)
     checkpoints = RunCheckpoints(exp_dir / "checkpoints", config.train.keep_last, config, prepared.model_config,
-                                 prepared.tokenizer, model, frontend, optimizer, scaler, sampler, schedule, runtime)
+                                 prepared.tokenizer, model, frontend, optimizer, scaler, sampler, schedule, runtime,
+                                 bad)
     # Per-rank dropout, augmentation streams (rank 0 keeps the single-process stream).
     torch.manual_seed(config.train.seed + 1 + runtime.rank)
     state = TrainState()
     if (exp_dir / "checkpoints" / "last.pt").exists():
         checkpoints.restore(exp_dir / "checkpoints" / "last.pt", state)
+    for loader in (train_loader, valid_loader):  # before the workers start: they never read these again
+        loader.dataset.known_bad = frozenset(bad.ids)
     metrics = MetricsLog(exp_dir, runtime.is_main, state.step,
                          debug_rank=runtime.rank if config.train.debug_rank_files else None)
     wrapped: nn.Module = model
@@ -702,8 +781,8 @@ def _fit(model: nn.Module, frontend: Frontend, optimizer, scaler, loader, state:
             return state.step >= stop_step or stop.agreed(runtime)
 
         while state.epoch < train_config.epochs and state.step < stop_step:
-            completed = train_one_epoch(model, frontend, optimizer, scaler, loader, state, schedule, config, runtime,
-                                        metrics, after_step)
+            completed = train_one_epoch(model, frontend, optimizer, scaler, loader, checkpoints.bad, state, schedule,
+                                        config, runtime, metrics, after_step)
             if completed:
                 state.epoch += 1
                 state.batches_done = 0

@@ -269,6 +269,8 @@ def test_ddp_two_cpu_processes(corpus, tmp_path):
     # 8 utterances of 1 s, 2 a batch: 4 batches an epoch, 2 per rank, no padding repeats.
     train_manifest = write_corpus(tmp_path / "ddp-data", "train", 8, seed=2, fixed=1.0)
     exp = tmp_path / "ddp"
+    # Several processes never compute CMVN behind a barrier: the statistics come first.
+    assert main(["stats", "--train", str(train_manifest), "--exp", str(exp), *TINY, "data.max_duration=2"]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "asr.cli", "train", "--train", str(train_manifest), "--valid", str(corpus["valid"]),
@@ -433,3 +435,38 @@ def test_ddp_refuses_to_compute_cmvn_behind_a_barrier(corpus, tmp_path):
     assert done.returncode != 0
     assert "asr train: error:" in done.stderr and "run `asr stats" in done.stderr
     assert not (exp / "cmvn.pt").exists()
+
+
+def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpus, tmp_path, capsys):
+    """A file that fails to load mid-epoch: the run finishes, the utterance is listed once in
+    log/bad_utterances.txt, and the resumed run does not read it again; past
+    data.max_bad_utterances the run stops naming the list."""
+    root = tmp_path / "data"
+    root.mkdir()
+    records = [json.loads(line) for line in corpus["train"].read_text().splitlines()]
+    for record in records:
+        record["audio"] = str(corpus["root"] / record["audio"])
+    (root / "broken.flac").write_bytes(b"fLaC" + bytes(200))  # a FLAC header and nothing decodable
+    records.insert(3, {"id": "train-broken", "audio": str(root / "broken.flac"), "duration": 0.8, "text": "AB",
+                       "speaker": "s1"})
+    manifest = root / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    exp = tmp_path / "exp"
+
+    def train(*overrides):
+        return main(["train", "--train", str(manifest), "--valid", str(corpus["valid"]), "--exp", str(exp), *TINY,
+                     *overrides])
+
+    assert train("train.epochs=1") == 0
+    listed = (exp / "log" / "bad_utterances.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith("0\ttrain-broken\t") and "broken.flac" in listed[0]
+    assert load_checkpoint(exp / "checkpoints" / "last.pt")["bad_utterances"] == ["train-broken"]
+    assert train("train.epochs=2") == 0  # resumes for a second epoch
+    assert (exp / "log" / "bad_utterances.txt").read_text().splitlines() == listed
+    assert load_checkpoint(exp / "checkpoints" / "last.pt")["epoch"] == 2
+
+    capsys.readouterr()
+    assert main(["train", "--train", str(manifest), "--valid", str(corpus["valid"]), "--exp", str(tmp_path / "strict"),
+                 *TINY, "data.max_bad_utterances=0"]) == 1
+    err = capsys.readouterr().err
+    assert "more than data.max_bad_utterances=0" in err and "bad_utterances.txt" in err and "Traceback" not in err
