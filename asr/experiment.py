@@ -44,6 +44,7 @@ log = logging.getLogger("asr.experiment")
 
 AMP_MODES = ("bf16", "fp16", "none")
 DECAYS = ("cosine", "noam", "exponential", "constant")
+LR_SCALINGS = ("none", "linear", "sqrt")
 # Tokens a normalised English transcript is made of; anything else in tokens.txt is worth a warning.
 EXPECTED_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
 
@@ -79,7 +80,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # Adam moment decay rates
     eps: float = 1e-8  # Adam denominator floor
     weight_decay: float = 1e-2  # decoupled weight decay on weight matrices (not on biases or norms)
-    warmup_steps: int = 500  # linear warm-up from 0 to lr over these steps
+    warmup_steps: int = 500  # linear warm-up from 0 to lr over these steps (unless warmup_fraction)
+    # > 0: the warm-up is this fraction of the run's steps instead, so it keeps its share of the run
+    # whatever the number of processes (the steps per epoch shrink with more GPUs)
+    warmup_fraction: float = 0.0
+    # peak LR against the effective batch (processes x data.max_duration padded seconds per step):
+    # "none" (lr as given), "linear" or "sqrt" in effective batch / reference_batch_s
+    lr_scaling: str = "none"
+    reference_batch_s: float = 0.0  # the effective batch `lr` was chosen for; 0 = data.max_duration (one process)
     # after warm-up: "cosine" or "exponential" (to final_lr at decay_steps), "noam" (lr*sqrt(warmup/step)), "constant"
     decay: str = "cosine"
     final_lr: float = 1e-5  # learning rate at the end of a cosine or exponential decay
@@ -91,6 +99,9 @@ class OptimConfig:
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _check(self.decay in DECAYS, "optim.decay", self.decay, f"one of {DECAYS}")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        _check(0.0 <= self.warmup_fraction < 1.0, "optim.warmup_fraction", self.warmup_fraction, "in [0, 1)")
+        _check(self.lr_scaling in LR_SCALINGS, "optim.lr_scaling", self.lr_scaling, f"one of {LR_SCALINGS}")
+        _check(self.reference_batch_s >= 0, "optim.reference_batch_s", self.reference_batch_s, ">= 0 seconds")
         _check(self.final_lr > 0 or self.decay != "exponential", "optim.final_lr", self.final_lr,
                "> 0 with exponential decay")
         _check(self.decay_steps >= 0, "optim.decay_steps", self.decay_steps, ">= 0")

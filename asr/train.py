@@ -29,6 +29,7 @@ utterance, so the gradient scale does not depend on the batch size or on transcr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import math
@@ -103,18 +104,38 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 class Schedule:
     """The learning rate as a function of the optimizer step."""
 
-    optim: OptimConfig  # peak LR, warm-up, decay kind
+    optim: OptimConfig  # the run's peak LR (scaled), warm-up steps (resolved), decay kind
     decay_steps: int  # length of the decay in steps (the run's length unless optim.decay_steps)
 
     def lr(self, step: int) -> float:
         """Learning rate of optimizer step `step` (1-based)."""
         return learning_rate(step, self.optim, self.decay_steps)
 
+    def describe(self, world_size: int, max_duration: float) -> str:
+        """The log line a run starts with: effective batch, LR rule, warm-up share."""
+        warmup = self.optim.warmup_steps
+        return (f"schedule: effective batch {world_size} process(es) x {max_duration:g} s = "
+                f"{world_size * max_duration:g} s of padded audio per step; lr_scaling {self.optim.lr_scaling} -> "
+                f"peak lr {self.optim.lr:g}; warm-up {warmup} of {self.decay_steps} steps "
+                f"({100 * warmup / max(self.decay_steps, 1):.1f}%), then {self.optim.decay} decay")
+
 
 def run_length(train: TrainConfig, optim: OptimConfig, batches_per_epoch: int) -> int:
     """The schedule's length in steps: optim.decay_steps, else the run's (max_steps caps epochs)."""
     steps = train.epochs * batches_per_epoch
     return optim.decay_steps or (min(train.max_steps, steps) if train.max_steps else steps)
+
+
+def make_schedule(optim: OptimConfig, train: TrainConfig, batches_per_epoch: int, world_size: int = 1,
+                  max_duration: float = 0.0) -> Schedule:
+    """The run's schedule, a pure function of the configs, the batches per epoch of one rank and
+    the world size: warm-up as a fraction of the run (optim.warmup_fraction) or in steps, peak LR
+    scaled by the effective batch (optim.lr_scaling)."""
+    decay_steps = run_length(train, optim, batches_per_epoch)
+    warmup = round(optim.warmup_fraction * decay_steps) if optim.warmup_fraction > 0 else optim.warmup_steps
+    ratio = world_size * max_duration / (optim.reference_batch_s or max_duration) if max_duration > 0 else 1.0
+    scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[optim.lr_scaling]
+    return Schedule(dataclasses.replace(optim, lr=optim.lr * scale, warmup_steps=warmup), decay_steps)
 
 
 # --- the state of a run ----------------------------------------------------------------------
@@ -700,7 +721,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     optimizer = build_optimizer(model, config.optim)
     scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
     sampler = train_loader.batch_sampler
-    schedule = Schedule(config.optim, run_length(config.train, config.optim, len(sampler)))
+    schedule = make_schedule(config.optim, config.train, len(sampler), runtime.world_size, config.data.max_duration)
     bad = BadUtterances(exp_dir / "log" / "bad_utterances.txt", runtime.rank, config.data.max_bad_utterances)
     checkpoints = RunCheckpoints(exp_dir / "checkpoints", config.train.keep_last, config, prepared.model_config,
                                  prepared.tokenizer, model, frontend, optimizer, scaler, sampler, schedule, runtime,
@@ -721,8 +742,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     log.info("model: %s, %.2f M parameters; train %d utterances (%.2f h), %d batches per epoch per rank; "
              "valid %d utterances", prepared.model_config, count_parameters(model) / 1e6, len(prepared.kept),
              sum(r["duration"] for r in prepared.kept) / 3600, len(sampler), len(valid_records))
-    log.info("schedule: %s decay over %d steps, warm-up %d, peak lr %g", config.optim.decay, schedule.decay_steps,
-             config.optim.warmup_steps, config.optim.lr)
+    log.info(schedule.describe(runtime.world_size, config.data.max_duration))
     validator = Validator(model, frontend, valid_loader, _validation_decoder(prepared.tokenizer, model, config),
                           runtime, state, metrics, checkpoints)
     try:

@@ -67,7 +67,7 @@ from asr.model import build_model, count_parameters  # noqa: E402
 from asr.runtime import Runtime, autocast_context, seed_everything  # noqa: E402
 from asr.score import wer_cer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
-from asr.train import Schedule, build_optimizer, ctc_loss, optimizer_step, run_length, train_step  # noqa: E402
+from asr.train import Schedule, build_optimizer, ctc_loss, make_schedule, optimizer_step, train_step  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,11 +135,11 @@ def collate_features(items):
 class Stepper:
     """`asr train`'s optimizer and LR schedule around its own step functions, for both pipelines."""
 
-    def __init__(self, model: nn.Module, config, runtime: Runtime, decay_steps: int):
+    def __init__(self, model: nn.Module, config, runtime: Runtime, schedule: Schedule):
         self.model, self.runtime, self.grad_clip, self.steps = model, runtime, config.optim.grad_clip, 0
         self.optimizer = build_optimizer(model, config.optim)
         self.scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
-        self.schedule = Schedule(config.optim, decay_steps)
+        self.schedule = schedule
 
     def on_batch(self, frontend: Frontend, batch) -> dict:
         """Ours: `asr.train.train_step` on a waveform batch."""
@@ -170,9 +170,10 @@ class Pipeline:
     seconds_per_frame: float  # of the model's output (for the greedy decoder's word-pause rule)
 
 
-def _decay_steps(config, epochs: int, batches_per_epoch: int) -> int:
-    """The schedule's length as `asr train` sets it for a run of `epochs` epochs."""
-    return run_length(dataclasses.replace(config.train, epochs=epochs, max_steps=0), config.optim, batches_per_epoch)
+def _schedule(config, epochs: int, batches_per_epoch: int) -> Schedule:
+    """The schedule `asr train` makes for a one-process run of `epochs` epochs."""
+    train = dataclasses.replace(config.train, epochs=epochs, max_steps=0)
+    return make_schedule(config.optim, train, batches_per_epoch, 1, config.data.max_duration)
 
 
 def _runtime(config, device: torch.device) -> Runtime:
@@ -186,7 +187,7 @@ def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN
     loader = make_loader(records, tokenizer, config.data.max_duration, shuffle=True, seed=config.train.seed,
                          num_workers=num_workers, num_buckets=config.data.num_buckets,
                          sample_rate=config.features.sample_rate)
-    stepper = Stepper(model, config, _runtime(config, device), _decay_steps(config, epochs, len(loader.batch_sampler)))
+    stepper = Stepper(model, config, _runtime(config, device), _schedule(config, epochs, len(loader.batch_sampler)))
 
     def epoch_batches(epoch):
         loader.batch_sampler.set_epoch(epoch)
@@ -219,7 +220,7 @@ def build_baseline(config, records, tokenizer, device, num_workers, cmvn: Global
     model = build_model(model_config).to(device).train()
     specaug = SpecAugment(config.specaug).to(device).train()
     batches_per_epoch = math.ceil(len(records) / batch_size)
-    stepper = Stepper(model, config, _runtime(config, device), _decay_steps(config, epochs, batches_per_epoch))
+    stepper = Stepper(model, config, _runtime(config, device), _schedule(config, epochs, batches_per_epoch))
 
     def loader(dataset, shuffle, generator=None):
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,

@@ -470,3 +470,26 @@ def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpu
                  *TINY, "data.max_bad_utterances=0"]) == 1
     err = capsys.readouterr().err
     assert "more than data.max_bad_utterances=0" in err and "bad_utterances.txt" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("lr_scaling", ["none", "sqrt", "linear"])
+def test_the_schedule_keeps_its_shape_when_the_world_size_changes(lr_scaling):
+    """1, 8 and 64 ranks over the same 1,856 global batches an epoch: the peak LR comes at the
+    same fraction of the run, and is scaled by the effective batch as configured."""
+    from asr.experiment import OptimConfig, TrainConfig
+    from asr.train import make_schedule
+
+    optim = OptimConfig(lr=1e-3, warmup_fraction=0.1, lr_scaling=lr_scaling, reference_batch_s=200.0)
+    peaks = {}
+    for world in (1, 8, 64):
+        schedule = make_schedule(optim, TrainConfig(epochs=10), math.ceil(1856 / world), world, 200.0)
+        lrs = [schedule.lr(step) for step in range(1, schedule.decay_steps + 1)]
+        peak_step = max(range(len(lrs)), key=lrs.__getitem__) + 1
+        assert peak_step / schedule.decay_steps == pytest.approx(0.1, abs=1 / schedule.decay_steps)
+        assert lrs[-1] == pytest.approx(optim.final_lr)
+        peaks[world] = max(lrs)
+    ratio = {"none": 1.0, "sqrt": math.sqrt(8), "linear": 8.0}[lr_scaling]
+    assert peaks[8] / peaks[1] == pytest.approx(ratio) and peaks[1] == pytest.approx(1e-3)
+    # A fixed warm-up of 3,000 steps never peaks on 64 ranks: 290 steps in all.
+    fixed = make_schedule(OptimConfig(warmup_steps=3000), TrainConfig(epochs=10), 29, 64, 200.0)
+    assert fixed.decay_steps == 290 and fixed.lr(290) < OptimConfig().lr / 10
