@@ -14,12 +14,19 @@ prints, per decoder: seconds of audio, wall seconds, x real time (audio s / wall
 the wall time spent in the model (features + network) and in the search, and the WER against the
 manifest's text -- of the median of `--repeat` timed runs, with the range of x real time over them
 (a shared machine's figures vary by tens of percent from run to run).
+
+`--backends torch,onnx,onnx-int8` runs every decoder row with the PyTorch model and with its
+`asr export` ONNX model, fp32 and dynamic int8, on onnxruntime with the same thread count (the
+features are computed by the same torch front-end in every row); the WER column then shows what
+int8 costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +95,26 @@ def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repea
             "model_s": model_s, "search_s": search_s, "wer": wer}
 
 
+BACKENDS = ("torch", "onnx", "onnx-int8")  # PyTorch fp32; the `asr export` ONNX model, fp32 and int8, on onnxruntime
+
+
+def load_backends(names: list[str], inference, model: str, export_dir: str | None, workdir: str) -> list[tuple]:
+    """(name, inference model) per backend row. The ONNX rows run `export_dir`'s model.onnx /
+    model.int8.onnx (an `asr export` folder); without one, `model` is exported into `workdir` first
+    (untimed)."""
+    from asr.errors import AsrError
+    from asr.export import export_model
+    from asr.onnx_backend import INT8_NAME, ONNX_NAME, OnnxInferenceModel
+
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise AsrError(f"unknown backend {unknown[0]!r}: use {', '.join(BACKENDS)}")
+    if export_dir is None and any(n != "torch" for n in names):
+        export_dir = str(export_model(model, workdir, ("onnx",), int8="onnx-int8" in names).out_dir)
+    files = {"onnx": ONNX_NAME, "onnx-int8": INT8_NAME}
+    return [(n, inference if n == "torch" else OnnxInferenceModel(Path(export_dir) / files[n])) for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     from asr.decode import DecodingOptions
 
@@ -111,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                              "8 kHz), then back to the model's, as reading such a file does (untimed)")
     parser.add_argument("--decoders", default="greedy,beam,beam+lm",
                         help="rows to run, from greedy, beam, beam+lm (beam+lm needs --lm)")
+    parser.add_argument("--backends", default="torch",
+                        help="models to run each decoder row with, from torch (PyTorch fp32), onnx, onnx-int8 "
+                             "(onnxruntime, same thread count), e.g. torch,onnx,onnx-int8 (default torch)")
+    parser.add_argument("--export", help="an `asr export` folder for the onnx rows (default: --model is "
+                        "exported to a temporary folder first, untimed)")
     args = parser.parse_args(argv)
 
     from asr.audio import load_audio, resample
@@ -131,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         waveforms = [resample(load_audio(r["audio"], rate), rate, inference.sample_rate) for r in records]
         refs = [r.get("text", "") for r in records]
         rows = []
-        for label in args.decoders.split(","):
+        workdir = tempfile.TemporaryDirectory(prefix="bench-export-")
+        backends = load_backends(args.backends.split(","), inference, args.model, args.export, workdir.name)
+        for (backend, model), label in itertools.product(backends, args.decoders.split(",")):
             if label == "greedy":
                 options = DecodingOptions()  # what asr decode and asr transcribe do by default
             elif label == "beam":
@@ -145,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
             decoder = build_decoder(options, inference.tokenizer, inference.seconds_per_frame)
-            rows.append(bench(inference, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s,
-                              max(1, args.repeat)))
+            rows.append(bench(model, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s,
+                              max(1, args.repeat)) | {"backend": backend})
     except AsrError as err:
         print(f"bench_decode: error: {err}", file=sys.stderr)
         return 1
@@ -160,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.repeat} runs"
           + (f"; audio through {args.input_rate} Hz" if args.input_rate else "")
           + (f"; LM {args.lm} (weight {args.lm_weight}, word score {args.word_score})" if args.lm else ""))
-    header = (f"{'decoder':<10} {'audio s':>9} {'wall s':>8} {'x real time':>12} {'(range)':>11} {'model s':>8} "
+    header = (f"{'backend':<10} {'decoder':<10} {'audio s':>9} "
+              f"{'wall s':>8} {'x real time':>12} {'(range)':>11} {'model s':>8} "
               f"{'search s':>9} {'WER %':>7}")
     print(header)
     print("-" * len(header))
     for row in rows:
         low, high = row["rtfx_range"]
-        print(f"{row['decoder']:<10} {row['audio_s']:>9.1f} {row['wall_s']:>8.2f} {row['rtfx']:>12.0f} "
+        print(f"{row['backend']:<10} {row['decoder']:<10} {row['audio_s']:>9.1f} "
+              f"{row['wall_s']:>8.2f} {row['rtfx']:>12.0f} "
               f"{f'{low:.0f}-{high:.0f}':>11} "
               f"{row['model_s']:>8.2f} {row['search_s']:>9.2f} {100 * row['wer']:>7.2f}")
     return 0

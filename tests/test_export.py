@@ -262,3 +262,29 @@ def test_onnx_backend_errors_name_the_file(exported, tmp_path, capsys):
     assert main(["transcribe", "--backend", "onnx", "--model", str(tmp_path / "nothing"), str(audio)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing: no such ONNX model" in err[0]
+
+
+def test_bench_decode_reports_torch_onnx_and_int8_rows_in_one_run(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_decode", Path(__file__).resolve().parents[1] / "scripts" / "bench_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    checkpoint = make_checkpoint(tmp_path / "tiny.pt", seed=2)
+    batch, lengths = waves((1.4, 0.8, 2.0), seed=9)
+    records = []
+    for i, n in enumerate(lengths.tolist()):
+        soundfile.write(tmp_path / f"u{i}.wav", batch[i, :n].numpy(), SR)
+        records.append({"id": f"u{i}", "audio": f"u{i}.wav", "duration": n / SR, "text": "A B", "speaker": "s"})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert bench.main(["--model", str(checkpoint), "--manifest", str(manifest), "--decoders", "greedy",
+                       "--backends", "torch,onnx,onnx-int8", "--repeat", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    assert [row[:2] for row in rows] == [["torch", "greedy"], ["onnx", "greedy"], ["onnx-int8", "greedy"]]
+    assert rows[0][-1] == rows[1][-1]  # fp32 ONNX: the same WER as PyTorch
+    assert all(float(row[4]) > 0 for row in rows)  # x real time
+    assert bench.main(["--model", str(checkpoint), "--manifest", str(manifest), "--backends", "tflite"]) == 1
+    assert "unknown backend 'tflite'" in capsys.readouterr().err
