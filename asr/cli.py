@@ -426,14 +426,25 @@ def _run_results(args) -> int:
 def _add_transcribe(sub) -> None:
     p = sub.add_parser(
         "transcribe", help="transcribe audio files with a trained model",
-        description="Transcribe audio files of any length, rate and channel count. A missing input "
-        "stops before anything is transcribed (exit 1); a file that cannot be decoded is reported, "
+        description="Transcribe audio and video files of any length, rate and channel count: what "
+        "libsndfile reads (WAV, FLAC, OGG, MP3, ...) and, through FFmpeg, M4A/MP4/AAC, WebM/MKV, Opus, "
+        "WMA and the audio track of a video. Memory is bounded by the chunk, not the file. A missing "
+        "input stops before anything is transcribed (exit 1); a file that cannot be decoded is reported, "
         "skipped, and makes the exit status 1 once the others are done.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or glob patterns")
-    p.add_argument("--model", required=True, help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, else last.pt)")
-    p.add_argument("--output-format", choices=("text", "json", "srt"), default="text",
-                   help="text (default), json (words with start/end/confidence) or srt subtitles")
-    p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt) instead of stdout")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio files, folders (searched recursively; files neither reader opens are listed "
+                   "as skipped), glob patterns, or - for audio on standard input")
+    p.add_argument("--model", required=True,
+                   help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, else last.pt)")
+    p.add_argument("--output-format", choices=("text", "json", "srt", "vtt", "tsv", "ctm"), default="text",
+                   help="text (default); json (segments with start/end/text and their words with "
+                   "start/end/confidence); srt or vtt (WebVTT) subtitles; tsv (start, end, text per segment); "
+                   "ctm (sclite's word format: file channel start duration word confidence)")
+    p.add_argument("--output-dir", help="write one file per input here (NAME.txt/.json/.srt/.vtt/.tsv/.ctm; "
+                   "stdin.* for -) instead of stdout")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="with --output-dir: leave out the files whose output is already there (rerun after "
+                   "an interruption; outputs are written atomically, so an existing one is whole)")
     _add_decoding_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -450,6 +461,8 @@ def _run_transcribe(args) -> int:
     from asr.device import resolve_device
     from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
 
+    if args.skip_existing and not args.output_dir:
+        raise AsrError("--skip-existing needs --output-dir (the outputs it looks for are there)")
     inputs = expand_inputs(args.inputs)  # a missing input stops here, before the model loads
     _check_outputs(args.output_dir)  # and so does an output folder that cannot be written
     device = resolve_device(args.device)
@@ -460,9 +473,11 @@ def _run_transcribe(args) -> int:
         transcriber = Transcriber.from_onnx(args.model, options=options, chunking=chunking)
     else:
         transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking)
-    summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir)
+    summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir,
+                               skip_existing=args.skip_existing)
     where = f" -> {args.output_dir}" if args.output_dir else ""
     print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
+          + (f"; {summary.skipped} skipped (output exists)" if summary.skipped else "")
           + (f"; {len(summary.failed)} failed" if summary.failed else ""), file=sys.stderr)
     return 1 if summary.failed else 0
 

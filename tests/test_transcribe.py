@@ -449,3 +449,265 @@ def test_files_transcribed_together_match_one_by_one(checkpoint):
         assert joint.text == alone.text and joint.duration == alone.duration
         assert [w.start for w in joint.words] == pytest.approx([w.start for w in alone.words])
         assert [w.confidence for w in joint.words] == pytest.approx([w.confidence for w in alone.words], abs=1e-4)
+
+
+# --- media through FFmpeg (PyAV), folders of mixed formats, stdin ---------------------------------
+BURSTS = [(0.4, 1.1), (1.7, 2.3)]
+
+
+def encode(path, wave: np.ndarray, rate: int, container: str, codec: str, codec_rate: int | None = None,
+           video: bool = False) -> None:
+    """Write a mono waveform (float, at `rate`) with PyAV: `codec` in `container`, optionally with
+    a small video track in front of it (a phone's or a screen recording's layout)."""
+    import av
+
+    with av.open(str(path), "w", format=container) as out:
+        if video:  # every stream is added before the first packet is written
+            picture = out.add_stream("mpeg4", rate=10)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream(codec, rate=codec_rate or rate, layout="mono")
+        if video:
+            for _ in range(int(len(wave) / rate * 10)):
+                frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), dtype=np.uint8), format="rgb24")
+                out.mux(picture.encode(frame))
+            out.mux(picture.encode(None))
+        frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        to_codec = av.AudioResampler(format=sound.codec_context.format, layout="mono", rate=codec_rate or rate)
+        for converted in [*to_codec.resample(frame), *to_codec.resample(None)]:
+            out.mux(sound.encode(converted))
+        out.mux(sound.encode(None))
+
+
+def media_files(folder, total_s: float = 3.0) -> dict[str, np.ndarray]:
+    """wav, flac, m4a (AAC), webm (Opus) and mp4 (video + AAC) of the same tone bursts; returns the
+    16 kHz waveform written, by file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wave44 = tone_bursts(BURSTS, total_s, rate=44100)
+    soundfile.write(folder / "a.wav", tone_bursts(BURSTS, total_s), SR)
+    soundfile.write(folder / "b.flac", wave44, 44100, subtype="PCM_16")
+    encode(folder / "c.m4a", wave44, 44100, "mp4", "aac")
+    encode(folder / "d.webm", tone_bursts(BURSTS, total_s, rate=48000), 48000, "webm", "libopus")
+    encode(folder / "e.mp4", wave44, 44100, "mp4", "aac", video=True)
+    return {name: tone_bursts(BURSTS, total_s) for name in ("a.wav", "b.flac", "c.m4a", "d.webm", "e.mp4")}
+
+
+def test_m4a_webm_and_video_audio_transcribe_with_words_at_their_onsets(tmp_path):
+    from asr.audio import audio_info, load_audio
+
+    media_files(tmp_path)
+    transcriber = Transcriber(_OnsetModel(), GreedyDecoder(TOKENS))
+    for name in ("c.m4a", "d.webm", "e.mp4"):
+        path = tmp_path / name
+        with pytest.raises(soundfile.LibsndfileError):
+            soundfile.info(str(path))  # libsndfile refuses these: FFmpeg reads them
+        info = audio_info(path)
+        assert info.channels == 1 and info.duration == pytest.approx(3.0, abs=0.05)
+        waveform = load_audio(path)
+        assert waveform.shape[0] == pytest.approx(3.0 * SR, abs=0.05 * SR)
+        segment = load_audio(path, offset=1.0, duration=0.5)  # decoded up to its end, resampled alone
+        assert segment.shape == (SR // 2,)
+        assert torch.allclose(segment[100:-100], waveform[SR + 100 : SR + SR // 2 - 100], atol=1e-5)
+        transcript = transcriber.transcribe(path)
+        # One word per burst, at its onset (AAC's encoder delay, 1024 samples, shifts the audio by 23 ms).
+        assert [w.word for w in transcript.words] == ["A", "A"], name
+        for word, (start, _) in zip(transcript.words, BURSTS):
+            assert abs(word.start - start) <= 0.04 + 0.025, (name, word)
+
+
+def test_truncated_and_non_audio_media_name_the_file(tmp_path):
+    from asr.audio import audio_info, load_audio
+    from asr.errors import AudioError
+
+    media_files(tmp_path)
+    cut = tmp_path / "cut.webm"
+    data = (tmp_path / "d.webm").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio\n")
+    picture = tmp_path / "silent.mp4"
+    encode(tmp_path / "silent.mp4", np.zeros(SR, dtype=np.float32), SR, "mp4", "aac", video=True)
+    with pytest.raises(AudioError, match=f"{cut}: truncated file"):
+        load_audio(cut)
+    with pytest.raises(AudioError, match=f"{notes}: cannot read audio header .libsndfile: .*; FFmpeg: "):
+        audio_info(notes)
+    assert audio_info(picture).duration == pytest.approx(1.0, abs=0.1)  # the audio track of a video
+
+
+def test_folder_of_mixed_formats_with_a_non_audio_file(checkpoint, tmp_path, capsys):
+    from asr.cli import main
+
+    folder = tmp_path / "in"
+    media_files(folder)
+    (folder / "notes.txt").write_text("the transcript, not audio\n")
+    soundfile.write(folder / "no_extension", tone_bursts(BURSTS[:1], 1.5), SR, format="WAV")  # taken: it reads
+    code = main(["transcribe", "--model", str(checkpoint), "--output-format", "json",
+                 "--output-dir", str(tmp_path / "out"), str(folder)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a.json", "b.json", "c.json", "d.json", "e.json", "no_extension.json"]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped {folder / 'notes.txt'}: ")
+    for name in written:
+        payload = json.loads((tmp_path / "out" / name).read_text())
+        assert payload["duration"] == pytest.approx(1.5 if name.startswith("no_") else 3.0, abs=0.05)
+        assert payload["segments"], name
+
+
+def test_stdin_reads_audio_like_the_file(checkpoint, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from asr.cli import main
+
+    media_files(tmp_path)
+    for name in ("c.m4a", "a.wav"):
+        assert main(["transcribe", "--model", str(checkpoint), str(tmp_path / name)]) == 0
+        from_file = capsys.readouterr().out
+        monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO((tmp_path / name).read_bytes())}))
+        assert main(["transcribe", "--model", str(checkpoint), "--output-format", "text", "-"]) == 0
+        assert capsys.readouterr().out == from_file
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(b"not audio at all")}))
+    assert main(["transcribe", "--model", str(checkpoint), "--output-dir", str(tmp_path / "out"), "-"]) == 1
+    err = capsys.readouterr().err
+    assert "error: -: cannot read audio header" in err and "asr-stdin" not in err  # named "-", not the copy
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO((tmp_path / "b.flac").read_bytes())}))
+    assert main(["transcribe", "--model", str(checkpoint), "--output-dir", str(tmp_path / "out"), "-"]) == 0
+    assert (tmp_path / "out" / "stdin.txt").read_text().endswith("\n")
+    with pytest.raises(Exception, match="given twice"):
+        expand_inputs(["-", "-"])
+
+
+def test_long_file_streams_to_the_same_chunks_and_words_as_a_whole_read(tmp_path):
+    """A file longer than read_block_s goes through the two streaming passes (frame RMS, then
+    chunks cut from a second read, model windows of batch_s): the chunks are those of the whole
+    waveform and the words are the same, from FLAC at 44.1 kHz and from M4A."""
+    from asr.audio import load_audio, stream_audio
+    from asr.transcribe import FrameRms, chunk_intervals
+
+    bursts = _bursts_3min(seed=4)
+    wave = tone_bursts(bursts, 180.0, rate=44100)
+    flac = tmp_path / "long.flac"
+    soundfile.write(flac, wave, 44100, subtype="PCM_16")
+    m4a = tmp_path / "long.m4a"
+    encode(m4a, wave, 44100, "mp4", "aac")
+    config = ChunkingConfig(max_chunk_s=20.0, batch_s=45.0, read_block_s=60.0, stream_block_s=7.3)
+    for path in (flac, m4a):
+        whole = load_audio(path)
+        meter = FrameRms(config.frame_length, config.hop_length)
+        blocks = list(stream_audio(path, SR, config.stream_block_s))
+        assert len(blocks) > 20 and max(len(b) for b in blocks) <= 8 * SR
+        for block in blocks:
+            meter.push(block)
+        streamed = chunk_intervals(meter.finish(), sum(len(b) for b in blocks), config)
+        assert streamed == split_on_silence(whole, config)
+        model = _OnsetModel()
+        transcript = Transcriber(model, GreedyDecoder(TOKENS), config).transcribe(path)
+        alone = Transcriber(_OnsetModel(), GreedyDecoder(TOKENS), config).transcribe_waveform(whole)
+        assert [(w.word, w.start, w.end) for w in transcript.words] == [(w.word, w.start, w.end) for w in alone.words]
+        assert transcript.duration == alone.duration
+        assert all(batch * samples <= 45.0 * SR for batch, samples in model.batch_shapes)
+
+
+# --- output formats, each read back by a parser ---------------------------------------------------
+def _sample_transcript() -> Transcript:
+    words = [Word("HELLO", 0.5, 0.9, 0.91), Word("WORLD", 1.0, 1.4, 0.5),
+             Word("AFTER", 4.0, 4.5, 0.25), Word("IT'S", 4.6, 4.8, 1.0),
+             *[Word(f"WORD{i}", 5.0 + 0.5 * i, 5.4 + 0.5 * i, 0.123456) for i in range(8)],
+             Word("LATE", 3725.5, 3726.25, 0.75)]
+    return Transcript(" ".join(w.word for w in words), words, 3727.0)
+
+
+def _cues(transcript):
+    from asr.transcribe import segment_words
+
+    return [(s[0].start, s[-1].end, " ".join(w.word for w in s)) for s in segment_words(transcript.words)]
+
+
+def test_vtt_parses_in_webvtt_py_and_srt_in_srt():
+    import io
+
+    import srt
+    import webvtt
+
+    from asr.transcribe import format_transcript
+
+    transcript = _sample_transcript()
+    cues = _cues(transcript)
+    assert len(cues) == 4  # a pause, a 42-character limit, a far-off word
+    vtt = format_transcript(transcript, "vtt")
+    parsed = webvtt.from_buffer(io.StringIO(vtt))
+    assert [(_seconds(c.start), _seconds(c.end), c.text) for c in parsed] == [
+        (pytest.approx(a), pytest.approx(b), t) for a, b, t in cues]
+    subtitles = list(srt.parse(format_transcript(transcript, "srt")))
+    assert [(s.index, s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subtitles] == [
+        (i, pytest.approx(a), pytest.approx(b), t) for i, (a, b, t) in enumerate(cues, 1)]
+
+
+def _seconds(timestamp: str) -> float:
+    hours, minutes, seconds = timestamp.split(":")
+    return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def test_ctm_reads_back_through_the_sclite_reader(tmp_path):
+    from asr.score import read_ctm
+    from asr.transcribe import format_transcript
+
+    transcript = _sample_transcript()
+    path = tmp_path / "hyp.ctm"
+    path.write_text(format_transcript(transcript, "ctm", audio="/data/talks/day one.m4a"))
+    read = read_ctm(path)
+    assert [(w.file, w.channel, w.word) for w in read] == [("day_one", "1", w.word) for w in transcript.words]
+    assert [w.begin for w in read] == pytest.approx([w.start for w in transcript.words], abs=5e-4)
+    assert [w.begin + w.duration for w in read] == pytest.approx([w.end for w in transcript.words], abs=1e-3)
+    confidences = [float(line.split()[5]) for line in path.read_text().splitlines()]
+    assert confidences == pytest.approx([w.confidence for w in transcript.words], abs=5e-5)
+
+
+def test_json_and_tsv_read_back():
+    import csv
+    import io
+
+    from asr.transcribe import format_transcript
+
+    transcript = _sample_transcript()
+    payload = json.loads(format_transcript(transcript, "json", audio="x.wav"))
+    assert payload["audio"] == "x.wav"
+    back = Transcript.from_dict(payload)
+    assert back.text == transcript.text and back.duration == transcript.duration
+    assert [(w.word, w.start, w.end) for w in back.words] == [(w.word, w.start, w.end) for w in transcript.words]
+    assert [w.confidence for w in back.words] == pytest.approx([w.confidence for w in transcript.words], abs=5e-5)
+    assert [(s["start"], s["end"], s["text"]) for s in payload["segments"]] == _cues(transcript)
+    rows = list(csv.reader(io.StringIO(format_transcript(transcript, "tsv")), delimiter="\t"))
+    assert rows[0] == ["start", "end", "text"]
+    assert [(float(a), float(b), t) for a, b, t in rows[1:]] == _cues(transcript)
+    assert format_transcript(Transcript("", [], 1.0), "vtt") == "WEBVTT\n\n"
+    assert format_transcript(Transcript("", [], 1.0), "ctm") == ""
+
+
+def test_cli_formats_match_the_module_and_skip_existing_leaves_outputs(checkpoint, tmp_path, capsys):
+    from asr.cli import build_parser, main
+    from asr.transcribe import OUTPUT_FORMATS
+
+    transcribe_parser = build_parser()._subparsers._group_actions[0].choices["transcribe"]
+    (choices,) = [a.choices for a in transcribe_parser._actions if a.dest == "output_format"]
+    assert tuple(choices) == OUTPUT_FORMATS
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        soundfile.write(folder / f"u{i}.wav", tone_bursts(BURSTS, 2.5, seed=i), SR)
+    args = ["transcribe", "--model", str(checkpoint), "--output-format", "vtt", "--output-dir", str(out),
+            "--skip-existing", str(folder)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["u0.vtt", "u1.vtt", "u2.vtt"]
+    (out / "u1.vtt").write_text("KEPT")
+    (out / "u2.vtt").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "transcribed 1 file(s)" in err and "2 skipped (output exists)" in err
+    assert (out / "u1.vtt").read_text() == "KEPT" and (out / "u2.vtt").read_text().startswith("WEBVTT\n")
+    assert main(args[:-2] + [str(folder)]) == 0 and (out / "u1.vtt").read_text() != "KEPT"  # without the flag
+    assert main(["transcribe", "--model", str(checkpoint), "--skip-existing", str(folder)]) == 1
+    assert "--skip-existing needs --output-dir" in capsys.readouterr().err
