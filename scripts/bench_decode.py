@@ -50,25 +50,11 @@ class _Timed:
             self.seconds += time.perf_counter() - start
 
 
-def groups(durations: list[float], batch_s: float) -> list[list[int]]:
-    """Consecutive utterances in groups of at least `batch_s` seconds (the last may be shorter),
-    as `asr.transcribe.transcribe_files` groups files; batch_s <= 0: one utterance per group."""
-    out: list[list[int]] = [[]]
-    total = 0.0
-    for index, duration in enumerate(durations):
-        out[-1].append(index)
-        total += duration
-        if total >= batch_s and index < len(durations) - 1:
-            out.append([])
-            total = 0.0
-    return out
-
-
 def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repeat: int = 1) -> dict:
     """Transcribe every waveform with `decoder`, `repeat` times; returns the row of the table for
     the run with the median wall time, and the range of x real time over the runs."""
     from asr.score import wer_cer
-    from asr.transcribe import ChunkingConfig, Transcriber
+    from asr.transcribe import ChunkingConfig, Transcriber, group_by_duration
 
     model_time = _Timed(inference.forward)
     search_time = _Timed(decoder.decode)
@@ -76,8 +62,9 @@ def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repea
     transcriber = Transcriber(inference, decoder, ChunkingConfig(batch_s=max(batch_s, ChunkingConfig.max_chunk_s)))
     transcriber.inference = model_time
     rate = transcriber.sample_rate
-    plan = groups([len(w) / rate for w in waveforms], batch_s)
-    transcriber.transcribe_waveforms([waveforms[i] for i in plan[0]])  # warm-up, not counted
+    # Groups of about batch_s seconds, as asr transcribe groups files (batch_s <= 0: one at a time).
+    plan = list(group_by_duration(((w, len(w) / rate) for w in waveforms), batch_s))
+    transcriber.transcribe_waveforms(plan[0])  # warm-up, not counted
     audio = sum(len(w) for w in waveforms) / transcriber.sample_rate
     runs = []
     for _ in range(repeat):
@@ -85,7 +72,7 @@ def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repea
         hyps = []
         start = time.perf_counter()
         for group in plan:
-            hyps.extend(t.text for t in transcriber.transcribe_waveforms([waveforms[i] for i in group]))
+            hyps.extend(t.text for t in transcriber.transcribe_waveforms(group))
         wall = time.perf_counter() - start
         runs.append((wall, model_time.seconds, search_time.seconds))
     wall, model_s, search_s = sorted(runs)[len(runs) // 2]
