@@ -28,9 +28,8 @@ from asr.errors import AudioError
 # to `asr transcribe` takes these without looking inside.
 MEDIA_EXTENSIONS = frozenset(
     {".m4a", ".m4b", ".mp4", ".m4v", ".mov", ".3gp", ".3g2", ".aac", ".adts", ".webm", ".mkv", ".mka", ".wma",
-     ".wmv", ".asf", ".amr", ".ac3", ".eac3", ".avi", ".flv", ".ts", ".mts", ".mpg", ".mpeg", ".ape", ".tta",
-     ".spx", ".dts", ".mp2"}
-)
+     ".wmv", ".asf", ".amr", ".ac3", ".eac3", ".avi", ".flv", ".mpg", ".mpeg", ".ape", ".tta", ".spx", ".mp2"}
+)  # not .ts/.mts/.dts: source files share them (an MPEG-TS file is still taken: FFmpeg opens it)
 # Containers whose header states the exact length (FFmpeg's demuxer names): a shortfall is truncation.
 _EXACT_LENGTH = ("mov", "matroska", "flac", "wav")
 _TRUNCATION_SLACK_S = 0.5  # decoded audio may fall this much short of the stated length (priming, rounding)

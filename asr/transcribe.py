@@ -43,16 +43,7 @@ from asr.audio import SAMPLE_RATE, audio_info, load_audio, resample, stream_audi
 from asr.decode import DecodingOptions, build_decoder
 from asr.errors import AsrError, AudioError
 from asr.features import num_frames
-from asr.media import MEDIA_EXTENSIONS
 
-# File name extensions (lower case) that libsndfile reads. A folder given as input takes these
-# and `asr.media.MEDIA_EXTENSIONS` (FFmpeg) without looking inside; any other file in it is taken
-# when either reader opens it, else listed as skipped.
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64",
-     ".rf64", ".sph", ".nist", ".voc", ".wv"}
-)
-KNOWN_EXTENSIONS = AUDIO_EXTENSIONS | MEDIA_EXTENSIONS
 OUTPUT_FORMATS = ("text", "json", "srt", "vtt", "tsv", "ctm")
 OUTPUT_EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt", "tsv": ".tsv", "ctm": ".ctm"}
 CTM_CHANNEL = "1"  # sclite's channel field: one channel per file (channels are averaged)
@@ -487,8 +478,9 @@ class AudioInput:
 def expand_inputs(inputs: Sequence[str], errors=None) -> list[AudioInput]:
     """Files, folders (searched recursively), glob patterns and `-` (standard input) -> files.
 
-    A folder gives its files with a `KNOWN_EXTENSIONS` name, and any other file in it that
-    libsndfile or FFmpeg opens (header only); the rest are listed on `errors` (default stderr),
+    A folder gives its files named as audio (`asr.data.librispeech.audio_extensions`: what
+    libsndfile reads, and `asr.media.MEDIA_EXTENSIONS`), and any other file in it that libsndfile
+    or FFmpeg opens (header only); the rest are listed on `errors` (default stderr),
     one `skipped PATH: reason` line each. A file named directly is taken as it is. Raises
     AsrError naming the argument when a path does not exist, a pattern matches nothing, a folder
     holds no audio, `-` is given twice, or two inputs would write the same output name. A corrupt
@@ -522,9 +514,12 @@ def _folder_audio(folder: Path, errors=None) -> list[Path]:
     """The audio files below `folder` (see `expand_inputs`), sorted; the others listed on `errors`."""
     import sys
 
+    from asr.data.librispeech import audio_extensions
+
+    known = audio_extensions()
     taken = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix.lower() in KNOWN_EXTENSIONS:
+        if path.suffix[1:].lower() in known:
             taken.append(path)
             continue
         try:
@@ -842,7 +837,7 @@ def _transcribe_group(transcriber: Transcriber, group, source, write, fail) -> N
 
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "KNOWN_EXTENSIONS", "OUTPUT_FORMATS", "ChunkingConfig", "FrameRms", "Word", "Transcript",
+    "OUTPUT_FORMATS", "ChunkingConfig", "FrameRms", "Word", "Transcript",
     "Transcriber", "TranscribeSummary", "batch_chunks", "chunk_intervals", "cut_chunks", "expand_inputs",
     "format_transcript", "frame_rms", "group_by_duration", "hypothesis_words", "nonsilent_intervals",
     "segment_words", "sound_intervals", "split_on_silence", "srt_timestamp", "stitch", "to_ctm", "to_srt",

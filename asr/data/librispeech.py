@@ -379,12 +379,16 @@ def odd_characters(records: Sequence[dict]) -> tuple[str, int]:
 
 
 def audio_extensions() -> frozenset[str]:
-    """Lower-case file extensions (no dot) of the formats this libsndfile reads."""
+    """Lower-case file extensions (no dot) of the formats this libsndfile reads, and of the media
+    that `asr.audio` reads through FFmpeg (`asr.media.MEDIA_EXTENSIONS`: m4a, webm, ...)."""
     import soundfile
+
+    from asr.media import MEDIA_EXTENSIONS
 
     formats = {name.lower() for name in soundfile.available_formats()} - {"raw"}
     aliases = {"aiff": {"aif"}, "au": {"snd"}, "ogg": {"oga", "opus"}, "nist": {"sph"}}
-    return frozenset(formats.union(*(aliases[k] for k in formats & aliases.keys())))
+    media = {extension.removeprefix(".") for extension in MEDIA_EXTENSIONS}
+    return frozenset(formats.union(*(aliases[k] for k in formats & aliases.keys()), media))
 
 
 def find_chapters(subset_dir: Path) -> list[Path]:
