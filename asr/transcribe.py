@@ -93,16 +93,20 @@ class Transcript:
     duration: float = 0.0  # length of the audio (seconds)
 
     def to_dict(self) -> dict:
-        """Plain values for JSON: text, duration and segments (`segment_words`), each with its
-        start, end, text and words (start, end, confidence); seconds rounded to milliseconds."""
+        """Plain values for JSON: text, duration, words (word, start, end, confidence; all of
+        them, as this output always had) and segments (`segment_words`: start, end, text and
+        their words); seconds rounded to milliseconds."""
+        def word(w: Word) -> dict:
+            return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                    "confidence": round(w.confidence, 4)}
+
         return {
             "text": self.text,
             "duration": round(self.duration, 3),
+            "words": [word(w) for w in self.words],
             "segments": [
                 {"start": round(segment[0].start, 3), "end": round(segment[-1].end, 3),
-                 "text": " ".join(w.word for w in segment),
-                 "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                            "confidence": round(w.confidence, 4)} for w in segment]}
+                 "text": " ".join(w.word for w in segment), "words": [word(w) for w in segment]}
                 for segment in segment_words(self.words)
             ],
         }
@@ -110,8 +114,7 @@ class Transcript:
     @classmethod
     def from_dict(cls, payload: dict) -> "Transcript":
         """The inverse of `to_dict` (times as rounded there)."""
-        words = [Word(w["word"], w["start"], w["end"], w["confidence"])
-                 for segment in payload["segments"] for w in segment["words"]]
+        words = [Word(w["word"], w["start"], w["end"], w["confidence"]) for w in payload["words"]]
         return cls(payload["text"], words, payload["duration"])
 
 

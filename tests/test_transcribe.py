@@ -274,9 +274,9 @@ def test_files_at_any_rate_transcribe_through_a_checkpoint(checkpoint, tmp_path,
     assert summary.done == 1 and not summary.failed
     payload = json.loads((out / f"speech_{rate}.json").read_text())
     assert payload["text"] == transcript.text
-    words = [w for segment in payload["segments"] for w in segment["words"]]  # words live in their segments
-    assert [w["word"] for w in words] == [w.word for w in transcript.words]
-    assert all(0 <= w["start"] < w["end"] <= payload["duration"] for w in words)
+    assert [w["word"] for w in payload["words"]] == [w.word for w in transcript.words]
+    assert all(0 <= w["start"] < w["end"] <= payload["duration"] for w in payload["words"])
+    assert [w for segment in payload["segments"] for w in segment["words"]] == payload["words"]
 
 
 def test_expand_inputs_folders_globs_and_missing(tmp_path):
@@ -679,6 +679,7 @@ def test_json_and_tsv_read_back():
     assert [(w.word, w.start, w.end) for w in back.words] == [(w.word, w.start, w.end) for w in transcript.words]
     assert [w.confidence for w in back.words] == pytest.approx([w.confidence for w in transcript.words], abs=5e-5)
     assert [(s["start"], s["end"], s["text"]) for s in payload["segments"]] == _cues(transcript)
+    assert [w for s in payload["segments"] for w in s["words"]] == payload["words"]
     rows = list(csv.reader(io.StringIO(format_transcript(transcript, "tsv")), delimiter="\t"))
     assert rows[0] == ["start", "end", "text"]
     assert [(float(a), float(b), t) for a, b, t in rows[1:]] == _cues(transcript)
