@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from asr.augment import Narrowband, NarrowbandConfig, SpecAugment, SpecAugmentConfig
-from asr.features import FeatureConfig, GlobalCMVN, compute_features
+from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_features
 
 
 class Frontend(nn.Module):
@@ -44,9 +44,11 @@ class Frontend(nn.Module):
 
     @torch.no_grad()
     def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """waveforms (B, samples) float at `sample_rate`, zero-padded; wave_lengths (B,) ->
-        features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64."""
-        waveforms = self.narrowband(waveforms.float(), wave_lengths)
+        """waveforms (B, samples) at `sample_rate`, zero-padded, float in [-1, 1] or int16 (the loader's
+        batches, `asr.data.dataset.Batch`: divided by WAVEFORM_SCALE here, on the device); wave_lengths
+        (B,) -> features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64."""
+        waveforms = waveforms.float() / WAVEFORM_SCALE if waveforms.dtype == torch.int16 else waveforms.float()
+        waveforms = self.narrowband(waveforms, wave_lengths)
         dither = self.features.dither if self.training else 0.0
         features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither)
         features = self.cmvn(features, frame_lengths)

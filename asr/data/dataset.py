@@ -1,4 +1,14 @@
-"""Dataset over manifest records, length filters, padded batches and the training DataLoader.
+"""Compact manifest records, the dataset over them, length filters, padded batches and the
+training DataLoader.
+
+Memory is bounded by the batch, not by the corpus: `Records` hold a manifest as a few numpy
+arrays (strings as one UTF-8 byte array plus offsets, durations as float64, token ids as one
+flat uint8/int16/int32 array plus offsets), never as a Python object per utterance. Forked
+DataLoader workers read those arrays without writing to their pages, so they share them with the
+main process instead of copying every record they touch (a list of dicts is copied page by page
+as the workers' reference counting writes to it). Batches cross from the workers to the main
+process as int16 samples, half the shared memory of float32; the front-end
+(`asr.frontend.Frontend`) turns them into floats on the device.
 
 The dataset returns raw waveforms and token ids; features are computed later, batched, on the
 model's device (`asr.features`), never inside the dataset.
@@ -7,8 +17,10 @@ model's device (`asr.features`), never inside the dataset.
 from __future__ import annotations
 
 import logging
+import os
+from array import array
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,102 +28,365 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from asr.data.sampler import BucketingBatchSampler
-from asr.text import Tokenizer
+from asr.features import WAVEFORM_SCALE
+from asr.text import BLANK, SPACE, Tokenizer
 
 log = logging.getLogger(__name__)
 
+_CHUNK_ROWS = 8192  # rows gathered at a time by the vectorised passes (bounds their scratch memory)
 
+
+# --- compact records -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ragged:
+    """Rows of different lengths as one flat array plus offsets: row r is `flat[offsets[r]:offsets[r + 1]]`."""
+
+    flat: np.ndarray  # (total,) the rows' elements, one after another
+    offsets: np.ndarray  # (rows + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, r: int) -> np.ndarray:
+        """Row `r` (a view)."""
+        return self.flat[self.offsets[r]:self.offsets[r + 1]]
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) int64 length of each row in `rows`."""
+        return self.offsets[rows + 1] - self.offsets[rows]
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The elements of `rows` one after another, and their (len(rows) + 1,) offsets in it."""
+        starts, lengths = self.offsets[rows], self.lengths(rows)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+        return self.flat[positions], offsets
+
+
+class _StringsBuilder:
+    """Appends strings to a growing UTF-8 buffer; `build()` gives the `Ragged` uint8 column."""
+
+    def __init__(self) -> None:
+        self.data, self.offsets = bytearray(), array("q", [0])
+
+    def append(self, text: str) -> None:
+        self.data += text.encode("utf-8")
+        self.offsets.append(len(self.data))
+
+    def build(self) -> Ragged:
+        return Ragged(np.frombuffer(bytes(self.data), dtype=np.uint8), np.frombuffer(self.offsets, dtype=np.int64))
+
+
+def _decode(column: Ragged, r: int) -> str:
+    return column.row(r).tobytes().decode("utf-8")
+
+
+def _decode_rows(column: Ragged, rows: np.ndarray) -> Iterator[str]:
+    """The strings of `rows`, decoded a chunk of rows at a time."""
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        data, offsets = column.gather(rows[start:start + _CHUNK_ROWS])
+        data, bounds = data.tobytes(), offsets.tolist()
+        yield from (data[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids of utterances, encoded once: a `Ragged` over the rows of `Records`' columns (rows
+    never encoded are empty), the tokenizer's vocabulary and the out-of-vocabulary report of that
+    encoding ("" when none)."""
+
+    ids: Ragged  # flat uint8 (<= 256 tokens), int16 or int32
+    vocabulary: tuple[str, ...]  # Tokenizer.tokens they were encoded with
+    oov_report: str
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A manifest's columns, one row per line (see `Records`)."""
+
+    ids: Ragged
+    audio: Ragged
+    texts: Ragged
+    speakers: Ragged
+    durations: np.ndarray  # (rows,) float64 seconds
+    tokens: Tokens | None = None
+
+
+class Records:
+    """A manifest's utterances stored by column (see the module docstring), in a given order.
+
+    `Records` is a read-only sequence of record dicts, `records[i]` -> {"id", "audio", "duration",
+    "text", "speaker"} (built on access; extra manifest keys are not kept), so code written for a
+    list of dicts keeps working; hot paths use the columns: `durations`, `id(i)`, `text(i)`,
+    `audio(i)`, `tokens(i)`. `take(positions)` selects utterances without copying any column.
+    """
+
+    def __init__(self, columns: _Columns, rows: np.ndarray | None = None) -> None:
+        self._columns = columns
+        self.rows = np.arange(len(columns.durations), dtype=np.int64) if rows is None else rows  # column rows
+
+    @classmethod
+    def from_dicts(cls, records: Iterable[dict]) -> "Records":
+        """Columns of record dicts (`id`, `duration` and `text` required; `audio` and `speaker` "" when absent)."""
+        builders = {key: _StringsBuilder() for key in ("id", "audio", "text", "speaker")}
+        durations = array("d")
+        for record in records:
+            for key, builder in builders.items():
+                builder.append(str(record.get(key, "")) if key in ("audio", "speaker") else record[key])
+            durations.append(float(record["duration"]))
+        return cls(_Columns(builders["id"].build(), builders["audio"].build(), builders["text"].build(),
+                            builders["speaker"].build(), np.frombuffer(durations, dtype=np.float64)))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Records":
+        """The records of a JSONL manifest (the checks and errors of `asr.data.manifest.read_manifest`),
+        read line by line into columns: no list of dicts is ever held."""
+        from asr.data.manifest import iter_manifest
+
+        return cls.from_dicts(iter_manifest(path))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.rows[index]
+        c = self._columns
+        return {"id": _decode(c.ids, r), "audio": _decode(c.audio, r), "duration": float(c.durations[r]),
+                "text": _decode(c.texts, r), "speaker": _decode(c.speakers, r)}
+
+    def __iter__(self) -> Iterator[dict]:
+        c = self._columns
+        columns = [_decode_rows(column, self.rows) for column in (c.ids, c.audio, c.texts, c.speakers)]
+        for (utt, audio, text, speaker), duration in zip(zip(*columns), self.durations.tolist()):
+            yield {"id": utt, "audio": audio, "duration": duration, "text": text, "speaker": speaker}
+
+    def __repr__(self) -> str:
+        return f"Records({len(self)} utterances)"
+
+    @property
+    def durations(self) -> np.ndarray:
+        """(len,) float64 seconds of each utterance, in order."""
+        return self._columns.durations[self.rows]
+
+    def id(self, index: int) -> str:
+        return _decode(self._columns.ids, self.rows[index])
+
+    def audio(self, index: int) -> str:
+        return _decode(self._columns.audio, self.rows[index])
+
+    def text(self, index: int) -> str:
+        return _decode(self._columns.texts, self.rows[index])
+
+    def ids(self) -> Iterator[str]:
+        """Utterance ids in order."""
+        return _decode_rows(self._columns.ids, self.rows)
+
+    def texts(self) -> Iterator[str]:
+        """Transcripts in order."""
+        return _decode_rows(self._columns.texts, self.rows)
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> "Records":
+        """The utterances at `positions` (indices into this sequence), sharing the columns."""
+        return Records(self._columns, self.rows[np.asarray(positions, dtype=np.int64)])
+
+    @property
+    def encoded(self) -> Tokens | None:
+        """The token ids stored with the columns, if `encode` was called."""
+        return self._columns.tokens
+
+    def tokens(self, index: int) -> np.ndarray:
+        """Token ids of utterance `index` (after `encode`), a read-only view."""
+        return self._columns.tokens.ids.row(self.rows[index])
+
+    def token_lengths(self) -> np.ndarray:
+        """(len,) int64 number of tokens of each utterance (after `encode`)."""
+        return self._columns.tokens.ids.lengths(self.rows)
+
+    def encode(self, tokenizer: Tokenizer) -> "Records":
+        """These records with the token ids of their texts (`Tokenizer.encode`, vectorised: the same
+        ids, the same out-of-vocabulary counts in `tokenizer.oov`), encoded once and reused by
+        everything downstream (the CTC feasibility check, the dataset). Already encoded with this
+        vocabulary: returned as they are."""
+        tokens = self._columns.tokens
+        if tokens is not None and tokens.vocabulary == tuple(tokenizer.tokens):
+            return self
+        columns = self._columns
+        before = sum(tokenizer.oov.values())
+        ids = encode_texts(columns.texts, np.unique(self.rows), tokenizer)
+        report = tokenizer.oov_report() if sum(tokenizer.oov.values()) > before else ""
+        encoded = _Columns(columns.ids, columns.audio, columns.texts, columns.speakers, columns.durations,
+                           Tokens(ids, tuple(tokenizer.tokens), report))
+        return Records(encoded, self.rows)
+
+    def ctc_labels(self) -> np.ndarray:
+        """(len,) int64 fewest CTC output frames each utterance needs (after `encode`): tokens plus
+        adjacent repeats (a repeat needs a blank between its two copies), as
+        `asr.experiment.ctc_min_frames` counts them in a padded batch."""
+        ids = self._columns.tokens.ids
+        repeats = np.zeros(len(ids.flat) + 1, dtype=np.int64)
+        np.cumsum(ids.flat[1:] == ids.flat[:-1], out=repeats[2:])  # repeats[k]: repeats among flat[:k]
+        starts, ends = ids.offsets[self.rows], ids.offsets[self.rows + 1]
+        return (ends - starts) + repeats[ends] - repeats[np.minimum(starts + 1, ends)]
+
+    def text_lengths(self) -> np.ndarray:
+        """(len,) int64 characters (code points) of each transcript."""
+        texts = self._columns.texts
+        lengths = np.empty(len(self), dtype=np.int64)
+        for start in range(0, len(self), _CHUNK_ROWS):
+            data, offsets = texts.gather(self.rows[start:start + _CHUNK_ROWS])
+            heads = np.zeros(len(data) + 1, dtype=np.int64)
+            np.cumsum((data & 0xC0) != 0x80, out=heads[1:])  # bytes that begin a UTF-8 sequence
+            lengths[start:start + len(offsets) - 1] = np.diff(heads[offsets])
+        return lengths
+
+
+def as_records(records: Sequence[dict] | Records) -> Records:
+    """`records` as `Records` (record dicts are converted; `Records` returned as they are)."""
+    return records if isinstance(records, Records) else Records.from_dicts(records)
+
+
+def _token_table(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted code points, their token ids): what `Tokenizer.encode` maps a character to (a
+    space to `|`; tokens of one character but blank and `|`)."""
+    table = {ord(" "): tokenizer.space_id}
+    for token_id, token in enumerate(tokenizer.tokens):
+        if len(token) == 1 and token not in (BLANK, SPACE):
+            table[ord(token)] = token_id
+    points = np.array(sorted(table), dtype=np.int64)
+    return points, np.array([table[p] for p in points.tolist()], dtype=np.int64)
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    for dtype in (np.uint8, np.int16, np.int32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def encode_texts(texts: Ragged, rows: np.ndarray, tokenizer: Tokenizer) -> Ragged:
+    """Token ids of the UTF-8 texts of `rows` (ascending column rows), as `Tokenizer.encode` gives
+    them, a chunk of rows at a time; a `Ragged` over all of `texts`' rows (the others empty), in the
+    smallest integer type that holds the vocabulary. Characters outside the vocabulary are skipped
+    and counted in `tokenizer.oov`, first seen first (as `encode` counts them)."""
+    points, values = _token_table(tokenizer)
+    dtype = _token_dtype(tokenizer.vocab_size)
+    pieces, lengths = [], np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        chunk = rows[start:start + _CHUNK_ROWS]
+        data, byte_offsets = texts.gather(chunk)
+        chars = np.frombuffer(data.tobytes().decode("utf-8").encode("utf-32-le"), dtype="<u4").astype(np.int64)
+        heads = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum((data & 0xC0) != 0x80, out=heads[1:])
+        char_offsets = heads[byte_offsets]
+        slot = np.minimum(np.searchsorted(points, chars), len(points) - 1)
+        known = points[slot] == chars
+        if not known.all():
+            unknown = chars[~known]
+            found, first, counts = np.unique(unknown, return_index=True, return_counts=True)
+            for order in np.argsort(first, kind="stable"):
+                tokenizer.oov[chr(int(found[order]))] += int(counts[order])
+        kept = np.zeros(len(chars) + 1, dtype=np.int64)
+        np.cumsum(known, out=kept[1:])
+        lengths[chunk] = np.diff(kept[char_offsets])
+        pieces.append(values[slot[known]].astype(dtype))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Ragged(np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype), offsets)
+
+
+# --- length filters, the dataset ---------------------------------------------------------------
 def filter_records(
-    records: Sequence[dict],
+    records: Sequence[dict] | Records,
     min_duration: float | None = None,
     max_duration: float | None = None,
     max_chars_per_second: float | None = None,
-) -> tuple[list[dict], list[tuple[str, str]]]:
+) -> tuple[Records, list[tuple[str, str]]]:
     """The one place where utterances are dropped for their length.
 
     Args:
-        records: manifest records (`duration` in seconds, `text`).
+        records: `Records`, or manifest record dicts (`duration` in seconds, `text`).
         min_duration, max_duration: keep `min_duration <= duration <= max_duration` seconds;
             None means no bound.
         max_chars_per_second: drop an utterance whose transcript has more characters per second
             than this (CTC needs at least one output frame per token); None: no check.
 
     Returns:
-        (kept records in their order, dropped as [(id, reason)]).
+        (kept records in their order, as `Records` sharing the input's columns; dropped as [(id, reason)]).
     """
-    kept, dropped = [], []
-    for record in records:
-        duration = float(record["duration"])
-        if min_duration is not None and duration < min_duration:
-            dropped.append((record["id"], f"duration {duration:.2f} s < min_duration {min_duration} s"))
-        elif max_duration is not None and duration > max_duration:
-            dropped.append((record["id"], f"duration {duration:.2f} s > max_duration {max_duration} s"))
-        elif max_chars_per_second is not None and len(record["text"]) > max_chars_per_second * duration:
-            rate = len(record["text"]) / duration if duration > 0 else float("inf")
-            dropped.append(
-                (record["id"], f"{rate:.1f} characters/s > max_chars_per_second {max_chars_per_second}")
-            )
+    records = as_records(records)
+    durations = records.durations
+    too_short = durations < min_duration if min_duration is not None else np.zeros(len(records), dtype=bool)
+    too_long = durations > max_duration if max_duration is not None else np.zeros(len(records), dtype=bool)
+    too_dense = np.zeros(len(records), dtype=bool)
+    if max_chars_per_second is not None:
+        chars = records.text_lengths()
+        too_dense = chars > max_chars_per_second * durations
+    dropped = []
+    for index in np.flatnonzero(too_short | too_long | too_dense).tolist():
+        duration = float(durations[index])
+        if too_short[index]:
+            reason = f"duration {duration:.2f} s < min_duration {min_duration} s"
+        elif too_long[index]:
+            reason = f"duration {duration:.2f} s > max_duration {max_duration} s"
         else:
-            kept.append(record)
-    return kept, dropped
+            rate = chars[index] / duration if duration > 0 else float("inf")
+            reason = f"{rate:.1f} characters/s > max_chars_per_second {max_chars_per_second}"
+        dropped.append((records.id(index), reason))
+    return records.take(np.flatnonzero(~(too_short | too_long | too_dense))), dropped
 
 
 class AudioDataset(Dataset):
     """Utterances of a manifest: `dataset[i]` -> dict(id, waveform, tokens, text).
 
     `waveform` is (samples,) float32 mono at `sample_rate`; `tokens` is (num_tokens,) int64.
-    Transcripts are encoded once here, in the main process, so that out-of-vocabulary
-    characters are counted in one place: they are in `tokenizer.oov` and logged as a warning
-    (`self.oov_report` keeps the line).
+    `records` are `Records` (record dicts are converted); their transcripts are encoded once, in
+    the main process, unless they already were with this tokenizer's vocabulary
+    (`Records.encode`), so that out-of-vocabulary characters are counted in one place: they are in
+    `tokenizer.oov` and logged as a warning (`self.oov_report` keeps the line).
     """
 
-    def __init__(self, records: Sequence[dict], tokenizer: Tokenizer, sample_rate: int = 16000):
-        self.records = list(records)
+    def __init__(self, records: Sequence[dict] | Records, tokenizer: Tokenizer, sample_rate: int = 16000):
+        was_encoded = isinstance(records, Records) and records.encoded is not None
+        self.records = as_records(records).encode(tokenizer)
         self.sample_rate = sample_rate
-        before = sum(tokenizer.oov.values())
-        encoded = [tokenizer.encode(r["text"]) for r in self.records]
-        # One flat array plus offsets instead of a list of lists: small, and no copy-on-access
-        # in forked DataLoader workers.
-        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-        self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._tokens = np.fromiter((t for e in encoded for t in e), dtype=np.int64, count=int(lengths.sum()))
-        self.oov_report = ""
-        if sum(tokenizer.oov.values()) > before:
-            self.oov_report = tokenizer.oov_report()
+        self.oov_report = self.records.encoded.oov_report
+        if self.oov_report and not was_encoded:
             log.warning("%s (skipped while encoding transcripts)", self.oov_report)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
-    def durations(self) -> list[float]:
-        """Duration in seconds of each utterance, in dataset order (for the sampler)."""
-        return [float(r["duration"]) for r in self.records]
+    def durations(self) -> np.ndarray:
+        """(len,) float64 duration in seconds of each utterance, in dataset order (for the sampler)."""
+        return self.records.durations
 
     def tokens(self, index: int) -> torch.Tensor:
         """(num_tokens,) int64 token ids of utterance `index`."""
-        start, end = self._offsets[index], self._offsets[index + 1]
-        return torch.from_numpy(self._tokens[start:end].copy())
+        return torch.from_numpy(self.records.tokens(index).astype(np.int64))
 
     def __getitem__(self, index: int) -> dict:
         from asr.audio import load_audio  # imported here: workers and tests that skip audio stay light
 
-        record = self.records[index]
         return {
-            "id": record["id"],
-            "waveform": load_audio(record["audio"], self.sample_rate),
+            "id": self.records.id(index),
+            "waveform": load_audio(self.records.audio(index), self.sample_rate),
             "tokens": self.tokens(index),
-            "text": record["text"],
+            "text": self.records.text(index),
         }
 
 
+# --- batches ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Batch:
     """A padded batch of utterances.
 
     Fields:
         ids: utterance ids, length B.
-        waveforms: (B, samples) float32, zero-padded after each utterance.
+        waveforms: (B, samples) int16 samples (float in [-1, 1] times `WAVEFORM_SCALE`, as 16-bit
+            audio files hold them), zero-padded after each utterance; `asr.frontend.Frontend`
+            turns them into float32 / WAVEFORM_SCALE on the device. (A float tensor is taken too.)
         wave_lengths: (B,) int64, valid samples per utterance.
         targets: (B, max_tokens) int64, token ids padded with 0 (the blank).
         target_lengths: (B,) int64, valid tokens per utterance.
@@ -145,13 +420,21 @@ class Batch:
         return self._map_tensors(lambda t: t.pin_memory())
 
 
+def to_int16(waveform: torch.Tensor) -> torch.Tensor:
+    """(samples,) float in [-1, 1] -> int16 samples (x WAVEFORM_SCALE, rounded, clipped); exact for
+    what a 16-bit file held. int16 is returned as it is."""
+    if waveform.dtype == torch.int16:
+        return waveform
+    return (waveform * WAVEFORM_SCALE).round_().clamp_(-WAVEFORM_SCALE, WAVEFORM_SCALE - 1).to(torch.int16)
+
+
 def collate(items: list[dict]) -> Batch:
-    """Pad a list of `AudioDataset` items into a `Batch` (see its fields for shapes)."""
-    waveforms = [item["waveform"] for item in items]
+    """Pad a list of `AudioDataset` items into a `Batch` of int16 waveforms (see its fields)."""
+    waveforms = [to_int16(item["waveform"]) for item in items]
     tokens = [item["tokens"] for item in items]
     return Batch(
         ids=[item["id"] for item in items],
-        waveforms=pad_sequence(waveforms, batch_first=True, padding_value=0.0),
+        waveforms=pad_sequence(waveforms, batch_first=True, padding_value=0),
         wave_lengths=torch.tensor([w.shape[0] for w in waveforms], dtype=torch.int64),
         targets=pad_sequence(tokens, batch_first=True, padding_value=0).to(torch.int64),
         target_lengths=torch.tensor([t.shape[0] for t in tokens], dtype=torch.int64),

@@ -15,10 +15,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from asr.errors import DataError
-from asr.fileio import atomic_open, read_text
+from asr.fileio import atomic_open
 
 REQUIRED_KEYS = ("id", "audio", "duration", "text", "speaker")
 
@@ -63,12 +63,16 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     line is not a JSON object, lacks a required key, has a value of the wrong type, or repeats
     an earlier `id`.
     """
+    return list(iter_manifest(path))
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of `read_manifest`, one at a time (a reader that stores them compactly,
+    `asr.data.dataset.Records.read`, never holds them all as dicts); the same checks and errors."""
     path = Path(path)
-    lines = read_text(path, "manifest").split("\n")  # not splitlines(): U+2028 may stand inside a JSON string
-    base = path.parent.absolute()
-    records = []
+    base = str(path.parent.absolute())
     first_line: dict[str, int] = {}
-    for line_no, line in enumerate(lines, 1):
+    for line_no, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -83,10 +87,48 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
                 f"{path}:{line_no}: id {record['id']!r} already used on line {first_line[record['id']]}"
             )
         first_line[record["id"]] = line_no
-        record["audio"] = os.path.normpath(base / record["audio"])
+        record["audio"] = os.path.normpath(os.path.join(base, record["audio"]))
         record["duration"] = float(record["duration"])
-        records.append(record)
-    return records
+        yield record
+
+
+_BLOCK_BYTES = 1 << 20
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of `path` as `read_text(path, "manifest").split("\\n")` gives them (not
+    splitlines(): U+2028 may stand inside a JSON string), read a block of whole lines at a time so
+    that a manifest of millions of lines is never held whole; the same errors as `read_text`."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: manifest not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read manifest: {err.strerror or err}") from None
+    newlines, rest = 0, b""
+    with handle:
+        while True:
+            try:
+                block = handle.read(_BLOCK_BYTES)
+            except OSError as err:
+                raise DataError(f"{path}: cannot read manifest: {err.strerror or err}") from None
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)  # a UTF-8 sequence never holds a 0x0a byte
+            data, rest = data[:cut], data[cut:]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = newlines + data.count(b"\n", 0, err.start) + 1
+                column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+                raise DataError(f"{path}:{line}: manifest is not UTF-8 text (byte 0x{data[err.start]:02x} at byte "
+                                f"{column} of the line); re-encode it as UTF-8") from None
+            newlines += data.count(b"\n")
+            lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            if block:
+                yield from lines[:-1]  # the empty string after the block's last newline
+            else:
+                yield from lines
+                return
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[dict]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -32,26 +33,46 @@ from torch.utils.data import Sampler
 log = logging.getLogger(__name__)
 
 
+def _batch_ends(durations: list[float], max_duration: float) -> list[int]:
+    """End positions of the greedy batches of `durations` (seconds, in batch order): a batch grows
+    while `len(batch) * max(duration in batch)` stays <= `max_duration`."""
+    ends: list[int] = []
+    count, longest = 0, 0.0
+    for position, duration in enumerate(durations):
+        new_longest = duration if duration > longest else longest
+        if count and (count + 1) * new_longest > max_duration:
+            ends.append(position)
+            count, new_longest = 0, duration
+        count += 1
+        longest = new_longest
+    if count:
+        ends.append(len(durations))
+    return ends
+
+
 def pack_batches(order: Sequence[int], durations: np.ndarray, max_duration: float) -> list[list[int]]:
     """Greedily cut `order` into consecutive batches whose padded cost
     `len(batch) * max(duration in batch)` stays <= `max_duration` seconds.
 
     An utterance longer than `max_duration` on its own forms a one-utterance batch.
     """
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest = 0.0
-    for index in order:
-        d = float(durations[index])
-        new_longest = max(longest, d)
-        if batch and (len(batch) + 1) * new_longest > max_duration:
-            batches.append(batch)
-            batch, new_longest = [], d
-        batch.append(int(index))
-        longest = new_longest
-    if batch:
-        batches.append(batch)
-    return batches
+    order = np.asarray(order, dtype=np.int64)
+    ends = _batch_ends(np.asarray(durations, dtype=np.float64)[order].tolist(), max_duration)
+    indices = order.tolist()
+    return [indices[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """An epoch's batches, compactly (no Python list per batch): batch k holds the utterances
+    `flat[bounds[k]:bounds[k + 1]]`; `sequence` is the order the batches are dealt out in."""
+
+    flat: np.ndarray  # (utterances,) int64 dataset indices, batch after batch
+    bounds: np.ndarray  # (batches + 1,) int64
+    sequence: np.ndarray  # (batches,) int64 batch numbers in dealing order
+
+    def batch(self, k: int) -> list[int]:
+        return self.flat[self.bounds[k]:self.bounds[k + 1]].tolist()
 
 
 class BucketingBatchSampler(Sampler[list[int]]):
@@ -101,7 +122,7 @@ class BucketingBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.batches_done = 0  # batches handed out by __iter__ this epoch
         self._skip = 0  # batches to skip at the start of the next __iter__ (resume)
-        self._plan_cache: tuple[int, list[list[int]]] | None = None
+        self._plan_cache: tuple[int, _Plan] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose plan the next `__iter__` follows. A resume position loaded by
@@ -111,45 +132,52 @@ class BucketingBatchSampler(Sampler[list[int]]):
             self.batches_done = 0
         self.epoch = int(epoch)
 
-    def _global_batches(self) -> list[list[int]]:
-        """All batches of this epoch, across ranks, in the order they are dealt out."""
+    def _plan(self) -> _Plan:
+        """This epoch's plan (cached), across ranks."""
         if self._plan_cache is not None and self._plan_cache[0] == self.epoch:
             return self._plan_cache[1]
         # Stable sort: equal durations keep index order, so the plan is reproducible.
         order = np.argsort(self.durations, kind="stable")
+        pieces, ends = [], []
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
-            batches = []
             for bucket in np.array_split(order, min(self.num_buckets, max(len(order), 1))):
-                batches.extend(pack_batches(rng.permutation(bucket), self.durations, self.max_duration))
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+                pieces.append(rng.permutation(bucket))
+                offset = ends[-1] if ends else 0
+                ends.extend(offset + end for end in _batch_ends(self.durations[pieces[-1]].tolist(), self.max_duration))
+            sequence = rng.permutation(len(ends))
         else:
-            batches = pack_batches(order, self.durations, self.max_duration)
-        self._plan_cache = (self.epoch, batches)
-        return batches
+            pieces.append(order)
+            ends = _batch_ends(self.durations[order].tolist(), self.max_duration)
+            sequence = np.arange(len(ends))
+        flat = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
+        plan = _Plan(flat, np.array([0, *ends], dtype=np.int64), np.asarray(sequence, dtype=np.int64))
+        self._plan_cache = (self.epoch, plan)
+        return plan
 
-    def _rank_batches(self) -> list[list[int]]:
-        batches = self._global_batches()
+    def _rank_sequence(self) -> list[int]:
+        """Batch numbers of this rank's batches, in order."""
+        sequence = self._plan().sequence.tolist()
         ws = self.world_size
         if self.drop_last:
-            total = len(batches) // ws * ws
+            total = len(sequence) // ws * ws
         else:
-            total = math.ceil(len(batches) / ws) * ws
+            total = math.ceil(len(sequence) / ws) * ws
         # Padding repeats batches from the start of the (shuffled) list.
-        return [batches[i % len(batches)] for i in range(self.rank, total, ws)]
+        return [sequence[i % len(sequence)] for i in range(self.rank, total, ws)]
 
     def __len__(self) -> int:
         """Batches per rank in a whole epoch (the same on every rank), resume skip not subtracted."""
-        return len(self._rank_batches())
+        return len(self._rank_sequence())
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._rank_batches()
+        plan, sequence = self._plan(), self._rank_sequence()
         skip, self._skip = self._skip, 0
         self.batches_done = skip
-        for batch in batches[skip:]:
+        for k in sequence[skip:]:
             # Count before yielding: the count is the number of batches handed out.
             self.batches_done += 1
-            yield list(batch)
+            yield plan.batch(k)
 
     def state_dict(self, batches_done: int | None = None) -> dict:
         """Resume position: {"epoch", "batches_done", "seed", "world_size"}.
