@@ -55,11 +55,12 @@ def tarball(tmp_path: Path, subset: str) -> bytes:
     return buffer.getvalue()
 
 
-def recipe(*args: str) -> subprocess.CompletedProcess:
+def recipe(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Run the recipe with this interpreter's `asr` first on PATH and no mirror in the environment."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               OMP_NUM_THREADS="1")
     env.pop(librispeech.MIRROR_ENV, None)
-    return subprocess.run(["bash", str(RECIPE), *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(["bash", str(RECIPE), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def commands(out: str) -> list[str]:
@@ -145,7 +146,8 @@ def test_dry_run_of_each_set(tmp_path, name, train, config):
     [train_cmd] = [c for c in cmds if c.startswith("asr train")]
     assert f"conf/{config}.yaml --train {combined} --valid data/manifests/{evals[0]}.jsonl --exp {exp}" in train_cmd
     assert train_cmd.endswith("train.epochs=30") == (name == "mini")
-    assert "asr download librispeech-lm --data-dir data --files 3-gram.pruned.1e-7.arpa.gz,librispeech-lexicon.txt" in cmds
+    assert ("asr download librispeech-lm --data-dir data --files 3-gram.pruned.1e-7.arpa.gz,librispeech-lexicon.txt"
+            in cmds)
     assert f"asr average --exp {exp} --last 5" in cmds
 
     decodes = [c for c in cmds if c.startswith("asr decode")]
@@ -161,16 +163,21 @@ def test_dry_run_of_each_set(tmp_path, name, train, config):
 
 
 def test_dry_run_own_corpus_train_lm_and_stage_range(tmp_path):
-    result = recipe("--dry-run", "--corpus-dir", "/corpora/mine", "--train-sets", "a,b", "--dev-sets", "c",
-                    "--test-sets", "d,c", "--lm-source", "train", "--config", "conf/demo.yaml",
+    mine = tmp_path / "corpora" / "mine"
+    for split in "abcd":
+        (mine / split).mkdir(parents=True)
+    result = recipe("--dry-run", "--corpus-dir", str(mine), "--train-sets", "a,b", "--dev-sets", "c",
+                    "--test-sets", "d,c", "--lm-source", "train", "--config", "conf/demo.yaml", "--avg", "3",
                     "--work-dir", str(tmp_path / "w"), "--stop-stage", "6")
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
-    assert "using the corpus in /corpora/mine" in result.stdout
+    assert f"using the corpus in {mine}" in result.stdout
     assert not any(c.startswith("asr download") for c in cmds)
-    assert [c.split()[3] for c in cmds if c.startswith("asr prepare dir")] == [f"/corpora/mine/{s}" for s in "abcd"]
-    assert "asr prepare combine --out data/manifests/a+b.combined.jsonl data/manifests/a.jsonl data/manifests/b.jsonl" in cmds
-    assert "asr lm build --text data/manifests/a+b.combined.jsonl --order 3 --out exp/mini-demo/lm/train-3gram.arpa" in cmds
+    assert [c.split()[3] for c in cmds if c.startswith("asr prepare dir")] == [f"{mine}/{s}" for s in "abcd"]
+    assert ("asr prepare combine --out data/manifests/a+b.combined.jsonl data/manifests/a.jsonl "
+            "data/manifests/b.jsonl") in cmds
+    assert ("asr lm build --text data/manifests/a+b.combined.jsonl --order 3 --out "
+            "exp/mini-demo/lm/train-3gram.arpa") in cmds
     assert [c for c in cmds if "--tuned-from" in c] == [
         "asr decode --exp exp/mini-demo --manifest data/manifests/d.jsonl --set d --decoder beam "
         "--lm exp/mini-demo/lm/train-3gram.arpa --tuned-from exp/mini-demo/decode/c/beam-train-3gram/tuned.json"]
@@ -196,6 +203,131 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert result.stdout == ""
 
 
+# --- training on several processes: torchrun ------------------------------------------------
+TORCHRUN = "torchrun --standalone --nproc_per_node 8 -m asr.cli train --config "
+
+
+def test_dry_run_960_on_8_gpus_is_one_torchrun_of_8_processes(tmp_path):
+    result = recipe("--set", "960", "--ngpu", "8", "--dry-run", "--work-dir", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    [train_cmd] = [c for c in commands(result.stdout) if " asr.cli train " in c or c.startswith("asr train")]
+    assert train_cmd.startswith(TORCHRUN) and "conf/large.yaml --train data/manifests/" in train_cmd
+    assert ("stage 4: train large.yaml on train-clean-100,train-clean-360,train-other-500 (8 process(es))"
+            in result.stdout)
+    # One process: plain `asr train`, no launcher.
+    single = recipe("--set", "960", "--dry-run", "--work-dir", str(tmp_path / "w"))
+    assert [c for c in commands(single.stdout) if "train --config" in c][0].startswith("asr train --config")
+
+
+def _stage4_inputs(work: Path, train: str = "train-clean-5", dev: str = "dev-clean-2") -> None:
+    """Empty files where stage 4 looks for its manifests (their existence is what is checked)."""
+    (work / "data" / "manifests").mkdir(parents=True)
+    for name in (f"{train}.combined.jsonl", f"{dev}.jsonl"):
+        (work / "data" / "manifests" / name).touch()
+
+
+def test_multi_node_flags_pass_through_to_torchrun(tmp_path):
+    work = tmp_path / "w"
+    _stage4_inputs(work)
+    base = ("--dry-run", "--work-dir", str(work), "--stage", "4", "--stop-stage", "4", "--ngpu", "4", "--nnodes", "2")
+    static = recipe(*base, "--node-rank", "1", "--master-addr", "node0", "--master-port", "29400")
+    assert static.returncode == 0, static.stderr
+    [cmd] = commands(static.stdout)
+    assert cmd.startswith("torchrun --nnodes 2 --node_rank 1 --nproc_per_node 4 --master_addr node0 "
+                          "--master_port 29400 -m asr.cli train --config ")
+    rdzv = recipe(*base, "--rdzv-endpoint", "node0:29400")
+    [cmd] = commands(rdzv.stdout)
+    assert cmd.startswith("torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint node0:29400 "
+                          "--rdzv_id mini-small -m asr.cli train --config ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ngpu", "0"], "--ngpu must be a positive integer, got '0'"),
+    (["--nnodes", "2", "--stage", "4", "--stop-stage", "4"], "--nnodes 2 needs --master-addr HOST"),
+    (["--nnodes", "2", "--master-addr", "n0", "--node-rank", "2", "--stage", "4", "--stop-stage", "4"],
+     "--node-rank must be 0..1, got '2'"),
+    (["--nnodes", "2", "--master-addr", "n0"], "run --stage 4 --stop-stage 4 on every node"),
+])
+def test_launcher_errors_are_one_line(tmp_path, args, message):
+    result = recipe("--dry-run", "--work-dir", str(tmp_path / "w"), *args)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+# --- options checked before anything runs -----------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--config", "conf/demo.yaml"],
+     "--avg 5 needs 5 step checkpoints but demo.yaml keeps train.keep_last=3: pass --avg 3 or train.keep_last=5"),
+    (["--config", "conf/no-such.yaml"], "conf/no-such.yaml: config file not found"),
+    (["--train-args", "train.keep_lats=9"], "override 'train.keep_lats=9'"),
+    (["--train-args", "train.keep_last=2"], "but small.yaml keeps train.keep_last=2"),
+    (["--stage", "4"], "stage 4 needs data/manifests/train-clean-5.combined.jsonl, made by stage 1: run stage 1 "
+                       "first (--stage 1)"),
+    (["--stage", "2", "--stop-stage", "2"], "stage 2 needs data/manifests/train-clean-5.combined.jsonl, made by "
+                                            "stage 1"),
+    (["--stage", "6", "--stop-stage", "6"], "stage 6 needs data/manifests/dev-clean-2.jsonl, made by stage 1"),
+    (["--stage", "1", "--corpus-dir", "/no/such/corpus"],
+     "stage 1 needs /no/such/corpus/train-clean-5, which does not exist"),
+])
+def test_options_and_inputs_are_checked_before_anything_runs(tmp_path, args, message):
+    work = tmp_path / "w"
+    work.mkdir()
+    result = recipe("--work-dir", str(work), *args)  # not a dry run: it would train if the checks passed
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stdout == "" and list(work.iterdir()) == []  # nothing ran, nothing written
+
+
+def test_checks_pass_when_the_inputs_exist_or_an_earlier_stage_makes_them(tmp_path):
+    work = tmp_path / "w"
+    _stage4_inputs(work)
+    assert recipe("--dry-run", "--work-dir", str(work), "--stage", "4", "--stop-stage", "5").returncode == 0
+    # Stage 6 needs the LM and lexicon of stage 3: refused without them, fine when stage 3 runs first.
+    (work / "data" / "manifests" / "dev-clean-2.jsonl").touch()
+    refused = recipe("--dry-run", "--work-dir", str(work), "--stage", "6", "--stop-stage", "6")
+    assert refused.returncode == 1
+    assert "stage 6 needs data/lm/3-gram.pruned.1e-7.arpa.gz, made by stage 3" in refused.stderr
+    assert recipe("--dry-run", "--work-dir", str(work), "--stage", "3", "--stop-stage", "6").returncode == 0
+    # An --avg that the config keeps enough checkpoints for.
+    demo = recipe("--dry-run", "--work-dir", str(work), "--config", "conf/demo.yaml", "--avg", "3")
+    assert demo.returncode == 0, demo.stderr
+
+
+def _long_split(split_dir: Path, utterances: dict[str, str], seconds: float) -> None:
+    """Like write_split, with `seconds` of noise per utterance (conf/tiny.yaml keeps >= 0.3 s)."""
+    rng = np.random.default_rng(len(utterances))
+    for utt, text in utterances.items():
+        speaker, chapter, _ = utt.split("-")
+        chapter_dir = split_dir / speaker / chapter
+        chapter_dir.mkdir(parents=True, exist_ok=True)
+        noise = 0.1 * rng.standard_normal(int(seconds * RATE))
+        soundfile.write(chapter_dir / f"{utt}.flac", noise.astype(np.float32), RATE)
+        with open(chapter_dir / f"{speaker}-{chapter}.trans.txt", "a") as f:
+            f.write(f"{utt} {text}\n")
+
+
+def test_train_stage_on_two_cpu_processes(tmp_path):
+    """--ngpu 2 with train.device=cpu: stage 4 is torchrun with 2 gloo processes on the tiny config."""
+    corpus = tmp_path / "corpus"
+    train = {f"11-100-{i:04d}": ["HELLO WORLD", "A B", "IT IS FINE", "AB BA"][i % 4] for i in range(8)}
+    _long_split(corpus / "train-clean-5", train, 1.0)
+    _long_split(corpus / "dev-clean-2", {"33-300-0000": "A DEV LINE", "33-300-0001": "AB"}, 1.0)
+    work = tmp_path / "w"
+    common = ("--corpus-dir", str(corpus), "--work-dir", str(work), "--config", "conf/tiny.yaml", "--avg", "3",
+              "--lm-source", "train", "--nj", "1")
+    assert recipe(*common, "--stop-stage", "2").returncode == 0
+    result = recipe(*common, "--stage", "4", "--stop-stage", "4", "--ngpu", "2",
+                    "--train-args", "train.device=cpu data.max_duration=2 train.debug_rank_files=true", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [cmd] = commands(result.stdout)
+    assert cmd.startswith("torchrun --standalone --nproc_per_node 2 -m asr.cli train --config ")
+    exp = work / "exp" / "mini-tiny"
+    assert (exp / "checkpoints" / "last.pt").is_file() and (exp / ".train.done").is_file()
+    assert "2 process(es)" in (exp / "log" / "train.log").read_text()
+    ranks = [(exp / "log" / "debug" / f"rank{r}.batches.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0] and ranks[1]  # both processes trained
+
+
 # --- the `asr download` verb and `asr prepare combine`, in process ---------------------------
 def test_download_lm_files(tmp_path, server, capsys):
     server.files["/11/3-gram.pruned.1e-7.arpa.gz"] = b"not the real LM"
@@ -204,7 +336,8 @@ def test_download_lm_files(tmp_path, server, capsys):
     # Without an override the published sum cannot match the stand-in: moved aside, named.
     assert main(["download", "librispeech-lm", "--data-dir", str(data), "--mirror", server.url]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "MD5 mismatch" in err and librispeech.LM_FILES["3-gram.pruned.1e-7.arpa.gz"].md5 in err
+    published = librispeech.LM_FILES["3-gram.pruned.1e-7.arpa.gz"].md5
+    assert err.count("\n") == 1 and "MD5 mismatch" in err and published in err
     assert (data / "lm" / "3-gram.pruned.1e-7.arpa.gz.bad-md5").exists()
 
     (data / "lm" / "3-gram.pruned.1e-7.arpa.gz.bad-md5").unlink()
@@ -218,7 +351,8 @@ def test_download_lm_files(tmp_path, server, capsys):
 
     assert main(["download", "librispeech-lm", "--data-dir", str(data), "--files", "5-gram.arpa.gz"]) == 1
     assert "unknown LibriSpeech LM file '5-gram.arpa.gz'" in capsys.readouterr().err
-    assert main(["download", "librispeech", "--data-dir", str(data), "--subsets", "dev-clean", "--md5", "dev-clean"]) == 1
+    assert main(["download", "librispeech", "--data-dir", str(data), "--subsets", "dev-clean",
+                 "--md5", "dev-clean"]) == 1
     assert "expects NAME=MD5" in capsys.readouterr().err
 
 

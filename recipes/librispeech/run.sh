@@ -32,16 +32,27 @@
 #   --nj N                       processes for data preparation [8]
 #   --decode-args "..."          extra `asr decode` options, e.g. "--device cuda:1" []
 #   --work-dir DIR               where data/, exp/ and RESULTS.md go [this recipe's folder]
+#   --ngpu N                     training processes (GPUs) per node; N > 1 trains under torchrun
+#                                (DDP; add train.device=cpu to --train-args for gloo on CPUs) [1]
+#   --nnodes M                   nodes training together; M > 1 needs --master-addr (and
+#                                --node-rank on each node) or --rdzv-endpoint, data/ and exp/ on a
+#                                filesystem every node sees, and --stage 4 --stop-stage 4 [1]
+#   --node-rank R / --master-addr HOST / --master-port PORT   torchrun's static rendezvous [0 / - / 29500]
+#   --rdzv-endpoint HOST:PORT    torchrun's c10d rendezvous instead (the same command on every node) []
 #
 # Stages: 0 download, 1 manifests (one per split, one combined training manifest), 2 tokens and
 #         CMVN, 3 LM, 4 train, 5 average, 6 decode (the first dev set tunes the LM weights, the
 #         other sets reuse them), 7 RESULTS.md.
+# Before any stage runs (--dry-run too), the config, --avg against train.keep_last, and the
+# manifests, corpus folders and LMs that the stages in range need (and no earlier stage in range
+# makes) are checked; a problem is one line and exit 1.
 set -euo pipefail
 
 stage=0; stop_stage=100; dry_run=false
 set=mini; corpus_dir=""; train_sets=""; dev_sets=""; test_sets=""; mirror=""; md5=""
 lm_source=official; lm_file=3-gram.pruned.1e-7.arpa.gz; lm_order=3
 config=""; train_args=""; exp_name=""; avg=5; nj=8; decode_args=""; work_dir=""
+ngpu=1; nnodes=1; node_rank=0; master_addr=""; master_port=29500; rdzv_endpoint=""
 
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
 . "$recipe_dir/../common.sh" "$@"
@@ -64,7 +75,12 @@ config=$(cd "$root" && realpath -m "$config")
 exp_name=${exp_name:-$set-$(basename "$config" .yaml)}
 work_dir=${work_dir:-$recipe_dir}
 if [ "$dry_run" != true ]; then mkdir -p "$work_dir"; fi
-if [ -d "$work_dir" ]; then cd "$work_dir"; fi
+# A dry run of a work dir that does not exist yet runs from /, where no stage looks done.
+if [ -d "$work_dir" ]; then cd "$work_dir"; else cd /; fi
+torchrun_launcher "$ngpu" "$nnodes" "$node_rank" "$master_addr" "$master_port" "$rdzv_endpoint" "$exp_name"
+if [ "$nnodes" -gt 1 ] && { [ "$stage" -ne 4 ] || [ "$stop_stage" -ne 4 ]; }; then
+  die "--nnodes $nnodes: run --stage 4 --stop-stage 4 on every node, the other stages on one node"
+fi
 
 # Each split once, in order: the training splits, then the dev and test splits not already listed.
 IFS=, read -r -a train_list <<< "$train_sets"
@@ -90,6 +106,23 @@ else
   lm_opts=(--lm "$lm")
 fi
 lm_label=$(basename "$lm" .gz); lm_label=beam-${lm_label%.arpa}
+valid_manifest=$manifests/$first_dev.jsonl
+
+# --- checks before anything runs -------------------------------------------------------------
+if in_range 2 || in_range 4 || in_range 5; then
+  # shellcheck disable=SC2086
+  check_config --config "$config" --train "$manifests/$train_name.combined.jsonl" --valid "$valid_manifest" \
+    --exp "$exp" $train_args
+  check_average "$avg"
+fi
+for split in "${splits[@]}"; do
+  if [ -n "$corpus_dir" ]; then need 1 - "$corpus/$split"; else need 1 0 "$corpus/$split"; fi
+done
+need 2 1 "$manifests/$train_name.combined.jsonl"
+[ "$lm_source" = official ] || need 3 1 "$manifests/$train_name.combined.jsonl"
+need 4 1 "$manifests/$train_name.combined.jsonl" "$valid_manifest"
+for split in "${eval_list[@]}"; do need 6 1 "$manifests/$split.jsonl"; done
+if [ "$lm_source" = official ]; then need 6 3 "$lm" "$lexicon"; else need 6 3 "$lm"; fi
 # asr decode names its folder after the LM and, when one is given, the lexicon (asr.evaluate.decoder_label)
 [ "$lm_source" = official ] && lm_label=$lm_label-lex-$(basename "$lexicon" .txt)
 
@@ -127,11 +160,11 @@ if stage 3 "word LM ($lm_source): $lm"; then
   fi
 fi
 
-if stage 4 "train $(basename "$config") on $train_sets"; then
+if stage 4 "train $(basename "$config") on $train_sets ($((ngpu * nnodes)) process(es))"; then
   # Rerunning resumes from $exp/checkpoints/last.pt.
   # shellcheck disable=SC2086
   done_or_run $exp/.train.done \
-    asr train --config "$config" --train $train_manifest --valid $manifests/$first_dev.jsonl \
+    "${train_launcher[@]}" --config "$config" --train $train_manifest --valid $valid_manifest \
       --exp $exp $train_args
 fi
 
