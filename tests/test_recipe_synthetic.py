@@ -149,3 +149,19 @@ def test_unknown_option_is_one_line_and_fails(tmp_path):
     assert len(lines) == 1 and "--no-such-option" in lines[0], proc.stderr
     assert proc.stdout == ""
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--avg", "4"], "--avg 4 needs 4 step checkpoints but tiny.yaml keeps train.keep_last=3: pass --avg 3"),
+    (["--train-args", "model.hiden=4"], "override 'model.hiden=4'"),
+    (["--stage", "2"], "stage 2 needs data/manifests/train.jsonl, made by stage 1: run stage 1 first (--stage 1)"),
+    (["--stage", "1"], "stage 1 needs data/corpus/train, made by stage 0"),
+    (["--stage", "8"], "stage 8 needs data/lm/4gram.arpa, made by stage 3"),
+])
+def test_options_and_inputs_are_checked_before_anything_runs(tmp_path, args, message):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_recipe("--work-dir", str(work), *TINY, *args, check=False)  # would run if the checks passed
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert list(work.iterdir()) == []

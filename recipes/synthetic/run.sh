@@ -21,6 +21,9 @@
 #
 # Stages: 0 synthesise, 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average,
 #         6 decode greedy and beam + LM (dev tunes the LM weights, test reuses them), 7 RESULTS.md, 8 transcribe a file.
+# Before any stage runs (--dry-run too), the config, --avg against train.keep_last, and the corpus,
+# manifests and LM that the stages in range need (and no earlier stage in range makes) are
+# checked; a problem is one line and exit 1.
 set -euo pipefail
 
 stage=0; stop_stage=100; dry_run=false
@@ -46,6 +49,20 @@ manifests=data/manifests
 exp=exp/$exp_name
 lm=data/lm/${lm_order}gram.arpa
 tuned=$exp/decode/dev/beam-${lm_order}gram/tuned.json  # written by the dev decode with --tune
+
+# --- checks before anything runs -------------------------------------------------------------
+if in_range 2 || in_range 4 || in_range 5; then
+  # shellcheck disable=SC2086
+  check_config --config "$config" --train $manifests/train.jsonl --valid $manifests/dev.jsonl --exp $exp $train_args
+  check_average "$avg"
+fi
+for split in train dev test; do need 1 0 "$corpus/$split"; done
+need 2 1 $manifests/train.jsonl
+need 3 1 $manifests/train.jsonl
+need 4 1 $manifests/train.jsonl $manifests/dev.jsonl
+need 6 1 $manifests/dev.jsonl $manifests/test.jsonl
+need 6 3 $lm
+need 8 3 $lm
 
 if stage 0 "synthesise the corpus (espeak-ng)"; then
   run asr synth --out $corpus --train-utts "$train_utts" --dev-utts "$dev_utts" \
