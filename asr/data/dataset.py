@@ -20,6 +20,7 @@ import logging
 import os
 from array import array
 from dataclasses import dataclass, fields
+from itertools import accumulate
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -70,12 +71,20 @@ class _StringsBuilder:
     def __init__(self) -> None:
         self.data, self.offsets = bytearray(), array("q", [0])
 
-    def append(self, text: str) -> None:
-        self.data += text.encode("utf-8")
-        self.offsets.append(len(self.data))
+    def extend(self, texts: list[str]) -> None:
+        joined = "".join(texts)
+        if joined.isascii():  # one byte a character: the lengths are the offsets' steps
+            self.data += joined.encode("ascii")
+            self.offsets.extend(accumulate(map(len, texts), initial=self.offsets[-1]))
+            self.offsets.pop(-len(texts) - 1)  # the initial value, already there
+            return
+        for text in texts:
+            self.data += text.encode("utf-8")
+            self.offsets.append(len(self.data))
 
     def build(self) -> Ragged:
-        return Ragged(np.frombuffer(bytes(self.data), dtype=np.uint8), np.frombuffer(self.offsets, dtype=np.int64))
+        """The column (a view of the buffers, no copy: the builder must not be extended again)."""
+        return Ragged(np.frombuffer(self.data, dtype=np.uint8), np.frombuffer(self.offsets, dtype=np.int64))
 
 
 def _decode(column: Ragged, r: int) -> str:
@@ -87,7 +96,10 @@ def _decode_rows(column: Ragged, rows: np.ndarray) -> Iterator[str]:
     for start in range(0, len(rows), _CHUNK_ROWS):
         data, offsets = column.gather(rows[start:start + _CHUNK_ROWS])
         data, bounds = data.tobytes(), offsets.tolist()
-        yield from (data[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:]))
+        if data.isascii():  # byte offsets are character offsets: slice one decoded string
+            yield from map(data.decode("ascii").__getitem__, map(slice, bounds[:-1], bounds[1:]))
+        else:
+            yield from (data[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:]))
 
 
 @dataclass(frozen=True)
@@ -129,14 +141,23 @@ class Records:
     @classmethod
     def from_dicts(cls, records: Iterable[dict]) -> "Records":
         """Columns of record dicts (`id`, `duration` and `text` required; `audio` and `speaker` "" when absent)."""
-        builders = {key: _StringsBuilder() for key in ("id", "audio", "text", "speaker")}
+        builders = [_StringsBuilder() for _ in range(4)]
+        pending: list[list[str]] = [[], [], [], []]  # id, audio, text, speaker of the rows not yet built
         durations = array("d")
-        for record in records:
-            for key, builder in builders.items():
-                builder.append(str(record.get(key, "")) if key in ("audio", "speaker") else record[key])
+        for number, record in enumerate(records, 1):
+            pending[0].append(record["id"])
+            pending[1].append(str(record.get("audio", "")))
+            pending[2].append(record["text"])
+            pending[3].append(str(record.get("speaker", "")))
             durations.append(float(record["duration"]))
-        return cls(_Columns(builders["id"].build(), builders["audio"].build(), builders["text"].build(),
-                            builders["speaker"].build(), np.frombuffer(durations, dtype=np.float64)))
+            if number % _CHUNK_ROWS == 0:
+                for builder, texts in zip(builders, pending):
+                    builder.extend(texts)
+                    texts.clear()
+        for builder, texts in zip(builders, pending):
+            builder.extend(texts)
+        ids, audio, texts, speakers = (builder.build() for builder in builders)
+        return cls(_Columns(ids, audio, texts, speakers, np.frombuffer(durations, dtype=np.float64)))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Records":
@@ -213,7 +234,8 @@ class Records:
             return self
         columns = self._columns
         before = sum(tokenizer.oov.values())
-        ids = encode_texts(columns.texts, np.unique(self.rows), tokenizer)
+        rows = self.rows if np.all(self.rows[1:] > self.rows[:-1]) else np.unique(self.rows)
+        ids = encode_texts(columns.texts, rows, tokenizer)
         report = tokenizer.oov_report() if sum(tokenizer.oov.values()) > before else ""
         encoded = _Columns(columns.ids, columns.audio, columns.texts, columns.speakers, columns.durations,
                            Tokens(ids, tuple(tokenizer.tokens), report))
@@ -223,11 +245,14 @@ class Records:
         """(len,) int64 fewest CTC output frames each utterance needs (after `encode`): tokens plus
         adjacent repeats (a repeat needs a blank between its two copies), as
         `asr.experiment.ctc_min_frames` counts them in a padded batch."""
-        ids = self._columns.tokens.ids
-        repeats = np.zeros(len(ids.flat) + 1, dtype=np.int64)
-        np.cumsum(ids.flat[1:] == ids.flat[:-1], out=repeats[2:])  # repeats[k]: repeats among flat[:k]
-        starts, ends = ids.offsets[self.rows], ids.offsets[self.rows + 1]
-        return (ends - starts) + repeats[ends] - repeats[np.minimum(starts + 1, ends)]
+        labels = np.empty(len(self), dtype=np.int64)
+        for start in range(0, len(self), _CHUNK_ROWS):
+            flat, offsets = self._columns.tokens.ids.gather(self.rows[start:start + _CHUNK_ROWS])
+            repeats = np.zeros(len(flat) + 1, dtype=np.int64)
+            np.cumsum(flat[1:] == flat[:-1], out=repeats[2:])  # repeats[k]: repeats among flat[:k]
+            starts, ends = offsets[:-1], offsets[1:]
+            labels[start:start + len(starts)] = (ends - starts) + repeats[ends] - repeats[np.minimum(starts + 1, ends)]
+        return labels
 
     def text_lengths(self) -> np.ndarray:
         """(len,) int64 characters (code points) of each transcript."""
@@ -246,15 +271,17 @@ def as_records(records: Sequence[dict] | Records) -> Records:
     return records if isinstance(records, Records) else Records.from_dicts(records)
 
 
-def _token_table(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted code points, their token ids): what `Tokenizer.encode` maps a character to (a
-    space to `|`; tokens of one character but blank and `|`)."""
+def _token_table(tokenizer: Tokenizer) -> np.ndarray:
+    """Token id of each code point below the largest one in the vocabulary (-1: not a token): what
+    `Tokenizer.encode` maps a character to (a space to `|`; the tokens of one character but blank
+    and `|`)."""
     table = {ord(" "): tokenizer.space_id}
     for token_id, token in enumerate(tokenizer.tokens):
         if len(token) == 1 and token not in (BLANK, SPACE):
             table[ord(token)] = token_id
-    points = np.array(sorted(table), dtype=np.int64)
-    return points, np.array([table[p] for p in points.tolist()], dtype=np.int64)
+    lookup = np.full(max(table) + 1, -1, dtype=np.int64)
+    lookup[list(table)] = list(table.values())
+    return lookup
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -264,23 +291,29 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
+def _code_points(data: np.ndarray, byte_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of rows -> (their code points, the rows' offsets in them)."""
+    raw = data.tobytes()
+    if raw.isascii():
+        return data.astype(np.int32), byte_offsets
+    heads = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum((data & 0xC0) != 0x80, out=heads[1:])  # bytes that begin a UTF-8 sequence
+    return np.frombuffer(raw.decode("utf-8").encode("utf-32-le"), dtype="<u4").astype(np.int32), heads[byte_offsets]
+
+
 def encode_texts(texts: Ragged, rows: np.ndarray, tokenizer: Tokenizer) -> Ragged:
     """Token ids of the UTF-8 texts of `rows` (ascending column rows), as `Tokenizer.encode` gives
     them, a chunk of rows at a time; a `Ragged` over all of `texts`' rows (the others empty), in the
     smallest integer type that holds the vocabulary. Characters outside the vocabulary are skipped
     and counted in `tokenizer.oov`, first seen first (as `encode` counts them)."""
-    points, values = _token_table(tokenizer)
+    lookup = _token_table(tokenizer)
     dtype = _token_dtype(tokenizer.vocab_size)
     pieces, lengths = [], np.zeros(len(texts), dtype=np.int64)
     for start in range(0, len(rows), _CHUNK_ROWS):
         chunk = rows[start:start + _CHUNK_ROWS]
-        data, byte_offsets = texts.gather(chunk)
-        chars = np.frombuffer(data.tobytes().decode("utf-8").encode("utf-32-le"), dtype="<u4").astype(np.int64)
-        heads = np.zeros(len(data) + 1, dtype=np.int64)
-        np.cumsum((data & 0xC0) != 0x80, out=heads[1:])
-        char_offsets = heads[byte_offsets]
-        slot = np.minimum(np.searchsorted(points, chars), len(points) - 1)
-        known = points[slot] == chars
+        chars, char_offsets = _code_points(*texts.gather(chunk))
+        ids = lookup[np.minimum(chars, len(lookup) - 1)]
+        known = (chars < len(lookup)) & (ids >= 0)
         if not known.all():
             unknown = chars[~known]
             found, first, counts = np.unique(unknown, return_index=True, return_counts=True)
@@ -289,7 +322,7 @@ def encode_texts(texts: Ragged, rows: np.ndarray, tokenizer: Tokenizer) -> Ragge
         kept = np.zeros(len(chars) + 1, dtype=np.int64)
         np.cumsum(known, out=kept[1:])
         lengths[chunk] = np.diff(kept[char_offsets])
-        pieces.append(values[slot[known]].astype(dtype))
+        pieces.append(ids[known].astype(dtype))
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return Ragged(np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype), offsets)
