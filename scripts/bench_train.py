@@ -263,6 +263,7 @@ class Result:
     valid_frames: int = 0
     wer: float = float("nan")  # greedy, on --valid (training mode)
     cer: float = float("nan")
+    peak_mb: float = float("nan")  # torch.cuda.max_memory_allocated while building and running it (CUDA only)
 
     @property
     def rate(self) -> float:
@@ -333,13 +334,16 @@ def evaluate(pipeline: Pipeline, records: list[dict], tokenizer: Tokenizer) -> t
 
 def print_table(results: list[Result], training: bool) -> None:
     errors = f"{'WER':>8}{'CER':>8}" if training else ""
+    cuda = any(math.isfinite(r.peak_mb) for r in results)
+    peak = f"{'peak MB':>9}" if cuda else ""
     print(f"\n{'pipeline':<22}{'params':>10}{'steps':>7}{'utts':>7}{'audio s':>10}{'wall s':>9}"
-          f"{'padding':>9}{'audio s/s':>11}{errors}")
+          f"{'padding':>9}{'audio s/s':>11}{peak}{errors}")
     for r in results:
         padding = 1 - r.valid_frames / r.padded_frames if r.padded_frames else float("nan")
         errors = f"{r.wer:>8.1%}{r.cer:>8.1%}" if training else ""
+        peak = f"{r.peak_mb:>9.0f}" if cuda else ""
         print(f"{r.name:<22}{r.params:>10,}{r.steps:>7}{r.utts:>7}{r.audio_s:>10.1f}{r.wall_s:>9.1f}"
-              f"{padding:>9.1%}{r.rate:>11.1f}{errors}")
+              f"{padding:>9.1%}{r.rate:>11.1f}{peak}{errors}")
     if len(results) == 2 and results[1].rate > 0:
         ours, baseline = results
         print(f"\nspeed-up: {ours.rate / baseline.rate:.2f}x audio-seconds per second "
@@ -403,6 +407,8 @@ def main(argv=None) -> int:
                                                batch_size))
     results = []
     for build in builders:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         pipeline = build()
         if training:
             result = train_epochs(pipeline, device, epochs)
@@ -410,6 +416,9 @@ def main(argv=None) -> int:
             print(f"  {pipeline.name}: greedy WER {result.wer:.1%}, CER {result.cer:.1%}", flush=True)
         else:
             result = time_steps(pipeline, device, args)
+        if device.type == "cuda":
+            result.peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        del pipeline  # the next pipeline's peak is its own
         results.append(result)
     print_table(results, training)
     return 0
