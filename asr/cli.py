@@ -180,6 +180,11 @@ def _add_train(sub) -> None:
     p.add_argument("--valid", required=True, help="validation manifest (JSONL)")
     p.add_argument("--exp", required=True, help="experiment folder (checkpoints, logs, tokens, CMVN)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="fine-tune: start from this checkpoint's (or experiment's) weights, tokens and CMVN, "
+                        "with a new optimizer and schedule")
+    p.add_argument("--reinit-head", action="store_true",
+                   help="with --init-from: a new output layer for this data's tokens (a different vocabulary)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.hidden=512")
     p.set_defaults(func=_run_train)
 
@@ -193,8 +198,10 @@ def _run_train(args) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
+    if args.reinit_head and not args.init_from:
+        raise AsrError("--reinit-head needs --init-from")
     _check_outputs(args.exp)
-    result = train(config, args.train, args.valid, args.exp)
+    result = train(config, args.train, args.valid, args.exp, init_from=args.init_from, reinit_head=args.reinit_head)
     valid = result.valid or {}
     print(f"{result.exp_dir}: step {result.step}, epoch {result.epoch}, "
           + (f"valid loss {valid['loss']:.3f} CER {100 * valid['cer']:.2f}% WER {100 * valid['wer']:.2f}%, "

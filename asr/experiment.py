@@ -236,25 +236,73 @@ class CmvnJob:
     device: str | torch.device = "cpu"  # where features are computed (jobs == 1)
     jobs: int = 1  # processes on the CPU (`asr stats --nj`)
     allowed: bool = True  # False under DDP: statistics are never computed behind a barrier
+    preset: GlobalCMVN | None = None  # statistics to take instead of computing them (fine-tuning)
+
+
+@dataclass(frozen=True)
+class InitFrom:
+    """Fine-tuning: a new experiment starts from a trained checkpoint's weights (`asr train --init-from`)."""
+
+    path: Path  # the checkpoint file
+    payload: dict  # its contents (asr.checkpoint.load_checkpoint)
+    reinit_head: bool = False  # True: the output layer starts afresh on the new data's tokens
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config: ExperimentConfig, reinit_head: bool = False) -> "InitFrom":
+        """Read the checkpoint (a .pt or an experiment folder) and check that its features are the config's."""
+        from asr.checkpoint import load_checkpoint, resolve_checkpoint
+        from asr.config import to_dict
+
+        path = resolve_checkpoint(path)
+        payload = load_checkpoint(path)
+        ours, theirs = to_dict(config.features), dict(payload.get("feature_config", {}))
+        differ = sorted(k for k in ours if k != "dither" and theirs.get(k, ours[k]) != ours[k])
+        if differ:
+            raise ConfigError(f"{path}: its features differ from the config's in {', '.join(differ)}; "
+                              "fine-tune with the features it was trained on")
+        return cls(path, payload, reinit_head)
+
+    def tokenizer(self, exp_dir: Path, records: Sequence[dict], write: bool) -> Tokenizer:
+        """The checkpoint's tokens as exp/tokens.txt; DataError when the new texts or an existing
+        tokens.txt need others (that is what --reinit-head is for)."""
+        tokens = list(self.payload["tokens"])
+        path = exp_dir / "tokens.txt"
+        if path.exists() and Tokenizer.load(path).to_list() != tokens:
+            raise DataError(f"{path} and {self.path} have different tokens; use --reinit-head to train a new output "
+                            f"layer for {path}, or a new --exp")
+        missing = sorted(set(Tokenizer.build(r["text"] for r in records).tokens) - set(tokens))
+        if missing:
+            raise DataError(f"the training texts hold characters that {self.path}'s tokens lack ({' '.join(missing)}); "
+                            "use --reinit-head to train a new output layer on this data's tokens")
+        if write and not path.exists():
+            Tokenizer(tokens).save(path)
+        return Tokenizer.load(path)
 
 
 def prepare_experiment(config: ExperimentConfig, records: Sequence[dict], exp_dir: Path, write: bool = True,
-                       cmvn_job: CmvnJob = CmvnJob(), source: str = "training manifest") -> Prepared:
+                       cmvn_job: CmvnJob = CmvnJob(), source: str = "training manifest",
+                       init: InitFrom | None = None) -> Prepared:
     """tokens.txt, the utterance selection and cmvn.pt of an experiment, the same for `asr stats`
     and `asr train`, from the records of the training manifest `source`. `write` False (DDP ranks
     other than 0): read what rank 0 wrote, write nothing. DataError when no utterance is left, or
-    when statistics are missing and `cmvn_job.allowed` is False."""
+    when statistics are missing and `cmvn_job.allowed` is False. With `init` (fine-tuning) the
+    CMVN statistics, and the tokens unless `init.reinit_head`, are the checkpoint's."""
     from asr.data.dataset import as_records, filter_records
 
     records = as_records(records)
     in_bounds, _ = filter_records(records, config.data.min_utt_duration, config.data.max_utt_duration)
-    tokenizer = prepare_tokens(exp_dir, in_bounds, write)
+    if init is not None and not init.reinit_head:
+        tokenizer = init.tokenizer(exp_dir, in_bounds, write)
+    else:
+        tokenizer = prepare_tokens(exp_dir, in_bounds, write)
     model_config = config.model_config(tokenizer.vocab_size)
     kept, dropped = select_utterances(records, tokenizer, model_config, config.features,
                                       config.data.min_utt_duration, config.data.max_utt_duration)
     if not kept:
         raise DataError(f"{source}: no training utterance left after the length filters and the CTC feasibility "
                         f"check (first reasons: {'; '.join(f'{u}: {r}' for u, r in dropped[:3])})")
+    if init is not None:
+        cmvn_job = dataclasses.replace(cmvn_job, preset=GlobalCMVN.from_dict(init.payload["cmvn"]))
     cmvn = prepare_cmvn(exp_dir, kept, config.features, config.data.num_workers, write, cmvn_job)
     return Prepared(tokenizer, model_config, cmvn, records, kept, dropped)
 
@@ -292,22 +340,30 @@ def prepare_cmvn(exp_dir: Path, records: Sequence[dict], feature_config: Feature
     path = exp_dir / "cmvn.pt"
     fingerprint = cmvn_fingerprint(records, feature_config)
     if write and _stale_cmvn(path, fingerprint, exp_dir):
-        if not job.allowed:
+        if job.preset is not None:
+            atomic_torch_save(job.preset.to_dict() | {"fingerprint": fingerprint}, path)
+        elif not job.allowed:
             raise DataError(f"{path}: no CMVN statistics for this training set; a multi-process training does not "
                             "compute them (the other processes would wait behind a barrier): run `asr stats --config "
                             "CONFIG --train MANIFEST --exp EXP --nj N` first")
-        started = time.monotonic()
-        cmvn = compute_cmvn(list(records), feature_config, num_workers=num_workers, device=job.device, jobs=job.jobs)
-        if not (torch.isfinite(cmvn.mean).all() and torch.isfinite(cmvn.std).all()):
-            raise DataError(f"CMVN statistics of {len(records)} utterances are not finite: an audio file holds "
-                            "NaN or infinite samples")
-        atomic_torch_save(cmvn.to_dict() | {"fingerprint": fingerprint}, path)
-        log.info("wrote %s (%d utterances, %.1f s)", path, len(records), time.monotonic() - started)
+        else:
+            _compute_cmvn_file(path, fingerprint, records, feature_config, num_workers, job)
     cmvn = GlobalCMVN.load(path)
     if cmvn.mean.numel() != feature_config.dim:
         raise ConfigError(f"{path} has {cmvn.mean.numel()} dimensions but the features have {feature_config.dim}; "
                           f"delete it (and tokens.txt, checkpoints) or use a new --exp")
     return cmvn
+
+
+def _compute_cmvn_file(path: Path, fingerprint: str, records: Sequence[dict], feature_config: FeatureConfig,
+                       num_workers: int, job: CmvnJob) -> None:
+    started = time.monotonic()
+    cmvn = compute_cmvn(list(records), feature_config, num_workers=num_workers, device=job.device, jobs=job.jobs)
+    if not (torch.isfinite(cmvn.mean).all() and torch.isfinite(cmvn.std).all()):
+        raise DataError(f"CMVN statistics of {len(records)} utterances are not finite: an audio file holds "
+                        "NaN or infinite samples")
+    atomic_torch_save(cmvn.to_dict() | {"fingerprint": fingerprint}, path)
+    log.info("wrote %s (%d utterances, %.1f s)", path, len(records), time.monotonic() - started)
 
 
 def _stale_cmvn(path: Path, fingerprint: str, exp_dir: Path) -> bool:

@@ -51,6 +51,7 @@ from asr.errors import AudioError, ConfigError, DataError
 from asr.experiment import (
     CmvnJob,
     ExperimentConfig,
+    InitFrom,
     OptimConfig,
     TrainConfig,
     ctc_min_frames,
@@ -662,8 +663,17 @@ def experiment_lock(exp_dir: Path):
 
 
 def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_manifest: str | os.PathLike,
-          exp_dir: str | os.PathLike) -> TrainResult:
-    """Train (or resume) an experiment in `exp_dir`; see the module docstring for what it writes."""
+          exp_dir: str | os.PathLike, init_from: str | os.PathLike | None = None,
+          reinit_head: bool = False) -> TrainResult:
+    """Train (or resume) an experiment in `exp_dir`; see the module docstring for what it writes.
+
+    init_from: fine-tuning, a checkpoint (or experiment folder) whose weights, tokens and CMVN the
+    new experiment starts from, with its own optimizer and schedule; `reinit_head` re-initialises
+    the output layer for this data's tokens instead. Ignored when `exp_dir` has a run to resume.
+    """
+    init = None
+    if init_from is not None and not (Path(exp_dir) / "checkpoints" / "last.pt").exists():
+        init = InitFrom.load(init_from, config, reinit_head)
     exp_dir = Path(exp_dir)
     threads = torch.get_num_threads()
     runtime = setup_runtime(config.train.device, config.train.amp, config.train.threads)
@@ -674,24 +684,27 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
                 stack.enter_context(experiment_lock(exp_dir))
             runtime.barrier()
             with training_logs(exp_dir, runtime):
-                return _train(config, train_manifest, valid_manifest, exp_dir, runtime)
+                return _train(config, train_manifest, valid_manifest, exp_dir, runtime, init)
     finally:
         torch.set_num_threads(threads)
         if runtime.owns_process_group:
             dist.destroy_process_group()
 
 
-def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Path, runtime: Runtime):
+def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Path, runtime: Runtime,
+             init: InitFrom | None):
     """The experiment's tokens, CMVN and training selection (rank 0 writes them, the other ranks
     read them after it), the validation selection, log/dropped.txt and config.yaml."""
     train_records, valid_records = read_records(train_manifest), read_records(valid_manifest)
     prepared = None
     if runtime.is_main:
         job = CmvnJob(device=runtime.device, allowed=not runtime.distributed)
-        prepared = prepare_experiment(config, train_records, exp_dir, cmvn_job=job, source=str(train_manifest))
+        prepared = prepare_experiment(config, train_records, exp_dir, cmvn_job=job, source=str(train_manifest),
+                                      init=init)
     runtime.barrier()
     if prepared is None:
-        prepared = prepare_experiment(config, train_records, exp_dir, write=False, source=str(train_manifest))
+        prepared = prepare_experiment(config, train_records, exp_dir, write=False, source=str(train_manifest),
+                                      init=init)
     valid, dropped_valid = select_utterances(valid_records, prepared.tokenizer, prepared.model_config, config.features)
     if runtime.is_main:
         _describe_drops(f"train {train_manifest}", len(train_records), prepared.dropped)
@@ -708,13 +721,16 @@ def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: 
     return prepared, valid
 
 
-def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Path, runtime: Runtime) -> TrainResult:
+def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Path, runtime: Runtime,
+           init: InitFrom | None) -> TrainResult:
     started = time.monotonic()
     log.info("asr train: exp %s, device %s, amp %s, %d process(es)", exp_dir, runtime.device, runtime.amp,
              runtime.world_size)
-    prepared, valid_records = _prepare(config, train_manifest, valid_manifest, exp_dir, runtime)
+    prepared, valid_records = _prepare(config, train_manifest, valid_manifest, exp_dir, runtime, init)
     seed_everything(config.train.seed)
     model = build_model(prepared.model_config)
+    if init is not None:
+        load_initial_weights(model, init)
     frontend = Frontend(config.features, prepared.cmvn, config.specaug, config.narrowband).to(runtime.device)
     train_loader, valid_loader = build_loaders(config, prepared.tokenizer, prepared.kept, valid_records, runtime)
     model.to(runtime.device)
@@ -751,6 +767,24 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     finally:
         metrics.close()
     return _finish(model, state, exp_dir, config, runtime, metrics, prepared, started)
+
+
+def load_initial_weights(model: nn.Module, init: InitFrom) -> None:
+    """The checkpoint's weights into `model` (all of them, or all but the output layer with
+    init.reinit_head); ConfigError naming the checkpoint when its model is another shape."""
+    state = init.payload["model"]
+    if init.reinit_head:
+        state = {key: value for key, value in state.items() if not key.startswith("head.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ConfigError(f"{init.path} holds a different model than the config describes "
+                          f"({str(err).splitlines()[-1].strip()}); use the config it was trained with") from None
+    expected_missing = {"head.weight", "head.bias"} if init.reinit_head else set()
+    if set(missing) != expected_missing or unexpected:
+        raise ConfigError(f"{init.path} holds a different model than the config describes (missing "
+                          f"{sorted(set(missing) - expected_missing)}, unexpected {sorted(unexpected)})")
+    log.info("weights from %s%s", init.path, " (output layer re-initialised)" if init.reinit_head else "")
 
 
 def _validation_decoder(tokenizer: Tokenizer, model: nn.Module, config: ExperimentConfig):

@@ -326,10 +326,11 @@ def test_ctrl_c_saves_last_and_resumes(corpus, tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def write_tone_corpus(root: Path, name: str, count: int, seed: int) -> Path:
-    """Letters as tones (A 300 Hz, B 800 Hz, C 1500 Hz, 150 ms each), words split by silence."""
+def write_tone_corpus(root: Path, name: str, count: int, seed: int, pitch: float = 1.0) -> Path:
+    """Letters as tones (A 300 Hz, B 800 Hz, C 1500 Hz, 150 ms each, times `pitch`: another
+    "speaker"), words split by silence."""
     rng = np.random.default_rng(seed)
-    freq = {"A": 300, "B": 800, "C": 1500}
+    freq = {"A": 300 * pitch, "B": 800 * pitch, "C": 1500 * pitch}
     root.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(count):
@@ -493,3 +494,47 @@ def test_the_schedule_keeps_its_shape_when_the_world_size_changes(lr_scaling):
     # A fixed warm-up of 3,000 steps never peaks on 64 ranks: 290 steps in all.
     fixed = make_schedule(OptimConfig(warmup_steps=3000), TrainConfig(epochs=10), 29, 64, 200.0)
     assert fixed.decay_steps == 290 and fixed.lr(290) < OptimConfig().lr / 10
+
+
+TOY = ["features.num_mel_bins=23", "model.hidden=64", "model.layers=2", "model.conv_channels=8", "model.subsample=2",
+       "model.dropout=0", "specaug.freq_masks=0", "specaug.time_masks=0", "data.max_duration=12",
+       "data.num_workers=0", "data.min_utt_duration=0", "train.log_every=50", "train.seed=0",
+       "optim.warmup_steps=20", "optim.lr=3e-3", "optim.decay=constant"]
+
+
+def greedy_wer(exp: Path, manifest: Path, name: str) -> float:
+    assert main(["decode", "--exp", str(exp), "--manifest", str(manifest), "--set", name]) == 0
+    return json.loads((exp / "decode" / name / "greedy" / "results.json").read_text())["wer"]
+
+
+def test_fine_tuning_on_a_new_speaker_lowers_its_wer(tmp_path, capsys):
+    """--init-from: a model of one "speaker" (tone pitch) fine-tuned on another's data decodes
+    that speaker better than before; tokens and CMVN come from the checkpoint."""
+    data = tmp_path / "data"
+    base_train = write_tone_corpus(data, "train", 64, seed=0)
+    base_valid = write_tone_corpus(data, "valid", 8, seed=1)
+    new_train = write_tone_corpus(data, "newtrain", 24, seed=2, pitch=1.7)
+    new_valid = write_tone_corpus(data, "newvalid", 12, seed=3, pitch=1.7)
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert main(["train", "--train", str(base_train), "--valid", str(base_valid), "--exp", str(base), *TOY,
+                 "train.epochs=12"]) == 0
+    before = greedy_wer(base, new_valid, "new")
+    assert main(["train", "--init-from", str(base), "--train", str(new_train), "--valid", str(new_valid),
+                 "--exp", str(tuned), *TOY, "train.epochs=6"]) == 0
+    after = greedy_wer(tuned, new_valid, "new")
+    assert after < before - 10, (before, after)
+    assert (tuned / "tokens.txt").read_bytes() == (base / "tokens.txt").read_bytes()
+    base_cmvn, tuned_cmvn = (torch.load(e / "cmvn.pt", weights_only=True) for e in (base, tuned))
+    assert torch.equal(base_cmvn["mean"], tuned_cmvn["mean"]) and torch.equal(base_cmvn["std"], tuned_cmvn["std"])
+
+    # A character the checkpoint has no token for: an error naming the checkpoint, unless --reinit-head.
+    odd = data / "odd.jsonl"
+    odd.write_text(new_train.read_text().replace('"text": "A', '"text": "D'))
+    capsys.readouterr()
+    assert main(["train", "--init-from", str(base), "--train", str(odd), "--valid", str(new_valid),
+                 "--exp", str(tmp_path / "odd"), *TOY, "train.epochs=1"]) == 1
+    err = capsys.readouterr().err
+    assert "tokens lack (D)" in err and "--reinit-head" in err and "base" in err
+    assert main(["train", "--init-from", str(base), "--reinit-head", "--train", str(odd), "--valid", str(new_valid),
+                 "--exp", str(tmp_path / "odd2"), *TOY, "train.epochs=1"]) == 0
+    assert "D" in Tokenizer.load(tmp_path / "odd2" / "tokens.txt").to_list()
