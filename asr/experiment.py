@@ -121,7 +121,9 @@ class TrainConfig:
     valid_every: int = 0  # steps between validations; 0 = at each epoch end
     amp: str = "bf16"  # mixed precision on CUDA: "bf16", "fp16" (with a GradScaler) or "none"; ignored on CPU
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"
-    threads: int = 0  # CPU intra-op threads of the training process; 0 = PyTorch's default (OMP_NUM_THREADS)
+    # CPU intra-op threads of each training process; 0 = what fits the machine: the cores this process
+    # may use, shared by the processes of this node, less one per loader worker (asr.runtime.fitting_threads)
+    threads: int = 0
     debug_rank_files: bool = False  # each rank writes log/debug/rank<R>.batches.txt and rank<R>.final.pt (tests)
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from asr.checkpoint import load_checkpoint, resolve_checkpoint
 from asr.errors import DataError
-from asr.runtime import autocast_context
+from asr.runtime import autocast_context, recurrent_dtype
 
 
 class InferenceModel:
@@ -62,6 +62,7 @@ class InferenceModel:
             amp = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else (
                 "fp16" if self.device.type == "cuda" else "none")
         self.amp = amp
+        self.model.rnn_dtype = recurrent_dtype(self.device, amp)
         self.seconds_per_frame = self.feature_config.frame_shift_ms / 1000.0 * self.model.subsample
         self.checkpoint = {k: v for k, v in payload.items() if k != "model"}
 

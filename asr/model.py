@@ -20,6 +20,7 @@ log-probs alone as beside a longer one (tests/test_model.py checks this for ever
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +191,12 @@ class BiRNNCTC(nn.Module):
         self.config = config
         # None: packed on CUDA and for inference, padded for CPU training (same results)
         self.use_packed: bool | None = None
+        # Run the recurrences in this dtype, outside autocast, weights cast on the fly (None: as
+        # autocast says). bf16 AMP sets bfloat16: cuDNN's autocast wrapper for RNNs casts to float16
+        # whatever dtype autocast asks for (aten/src/ATen/cudnn/AutocastRNN.cpp), and float16
+        # without a GradScaler underflows. Set by `asr.runtime.recurrent_dtype`.
+        self.rnn_dtype: torch.dtype | None = None
+        self.recurrence_dtype: torch.dtype | None = None  # what the last forward's recurrences ran in
         self.frontend = ConvFrontend(config) if config.frontend == "conv" else None
         rnn_input = config.hidden if self.frontend is not None else config.input_dim
         directions = 2 if config.bidirectional else 1
@@ -255,9 +262,26 @@ class BiRNNCTC(nn.Module):
             if layer > 0:  # packed data holds valid frames only: (sum of T, H)
                 data = self._between(layer - 1, packed.data)
                 packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
-            packed, _ = rnn(packed)
+            packed = self._recur(rnn, packed)
         outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=frames.size(1))
         return outputs  # (B, T, H), zero past each length
+
+    def _recur(self, rnn: nn.RNNBase, packed: PackedSequence) -> PackedSequence:
+        """One recurrent layer over a packed sequence, in `rnn_dtype` when it is set."""
+        if self.rnn_dtype is None:
+            out, _ = rnn(packed)
+            self.recurrence_dtype = out.data.dtype
+            return out
+        with torch.autocast(packed.data.device.type, enabled=False):
+            data = packed.data.to(self.rnn_dtype)
+            weights = [w.to(self.rnn_dtype) for w in rnn._flat_weights]
+            initial = data.new_zeros(2 if rnn.bidirectional else 1, int(packed.batch_sizes[0]), rnn.hidden_size)
+            hx = (initial, initial) if isinstance(rnn, nn.LSTM) else initial
+            out = _recurrence(rnn)(data, packed.batch_sizes, hx, weights, True, 1, 0.0, rnn.training,
+                                   rnn.bidirectional)[0]
+        self.recurrence_dtype = out.dtype
+        return PackedSequence(out.to(packed.data.dtype), packed.batch_sizes, packed.sorted_indices,
+                              packed.unsorted_indices)
 
     def _run_padded(self, frames: Tensor, lengths: Tensor) -> Tensor:
         # The forward direction reaches a padding frame only after every valid one; the backward
@@ -269,12 +293,30 @@ class BiRNNCTC(nn.Module):
             if layer > 0:
                 normed = self._between(layer - 1, frames[mask])  # (N valid, H)
                 frames = frames.new_zeros(frames.shape[:2] + normed.shape[1:]).masked_scatter(mask[..., None], normed)
-            outputs = _run_direction(rnn, frames, 0)  # (B, T, hidden)
+            outputs = self._run_direction(rnn, frames, 0)  # (B, T, hidden)
             if rnn.bidirectional:
-                backward = _run_direction(rnn, _gather_frames(frames, reverse), 1)
+                backward = self._run_direction(rnn, _gather_frames(frames, reverse), 1)
                 outputs = torch.cat([outputs, _gather_frames(backward, reverse)], dim=-1)  # (B, T, 2*hidden)
             frames = outputs
         return frames  # (B, T, H); past each length: meaningless
+
+    def _run_direction(self, rnn: nn.RNNBase, frames: Tensor, direction: int) -> Tensor:
+        """One direction of a single-layer `rnn` over padded frames (B, T, I) -> (B, T, hidden),
+        with that direction's own weights (the *_reverse ones for direction 1), in `rnn_dtype`
+        when it is set."""
+        suffix = "_l0_reverse" if direction else "_l0"
+        weights = [getattr(rnn, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        cast = self.rnn_dtype is not None
+        with torch.autocast(frames.device.type, enabled=False) if cast else contextlib.nullcontext():
+            inputs = frames.to(self.rnn_dtype) if cast else frames
+            weights = [w.to(self.rnn_dtype) for w in weights] if cast else weights
+            initial = inputs.new_zeros(1, frames.size(0), rnn.hidden_size)
+            hx = (initial, initial) if isinstance(rnn, nn.LSTM) else initial
+            # The functional forms behind nn.RNN/GRU/LSTM: (input, hx, weights, has_biases,
+            # num_layers, dropout, train, bidirectional, batch_first).
+            out = _recurrence(rnn)(inputs, hx, weights, True, 1, 0.0, rnn.training, False, True)[0]
+        self.recurrence_dtype = out.dtype
+        return out.to(frames.dtype) if cast else out
 
 
 def _reverse_index(lengths: Tensor, frames: int) -> Tensor:
@@ -288,21 +330,14 @@ def _gather_frames(frames: Tensor, index: Tensor) -> Tensor:
     return frames.gather(1, index[..., None].expand_as(frames))
 
 
-def _run_direction(rnn: nn.RNNBase, frames: Tensor, direction: int) -> Tensor:
-    """One direction of a single-layer `rnn` over padded frames (B, T, I) -> (B, T, hidden),
-    with that direction's own weights (the *_reverse ones for direction 1)."""
-    suffix = "_l0_reverse" if direction else "_l0"
-    weights = [getattr(rnn, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    initial = frames.new_zeros(1, frames.size(0), rnn.hidden_size)
-    # The functional forms behind nn.RNN/GRU/LSTM: (input, hx, weights, has_biases, num_layers,
-    # dropout, train, bidirectional, batch_first).
-    args = (weights, True, 1, 0.0, rnn.training, False, True)
+def _recurrence(rnn: nn.RNNBase):
+    """The functional recurrence behind `rnn` (torch.lstm, torch.gru, torch.rnn_tanh/relu): one
+    function takes padded input (hx, weights, ..., batch_first) and packed data (batch_sizes, hx, ...)."""
     if isinstance(rnn, nn.LSTM):
-        return torch.lstm(frames, (initial, initial), *args)[0]
+        return torch.lstm
     if isinstance(rnn, nn.GRU):
-        return torch.gru(frames, initial, *args)[0]
-    recurrence = torch.rnn_tanh if rnn.nonlinearity == "tanh" else torch.rnn_relu
-    return recurrence(frames, initial, *args)[0]
+        return torch.gru
+    return torch.rnn_tanh if rnn.nonlinearity == "tanh" else torch.rnn_relu
 
 
 def _make_rnn(config: ModelConfig, input_size: int) -> nn.RNNBase:

@@ -46,12 +46,23 @@ class Runtime:
             dist.barrier()
 
 
-def setup_runtime(device_name: str = "auto", amp: str = "none", threads: int = 0) -> Runtime:
+def fitting_threads(loader_workers: int) -> int:
+    """Intra-op threads for a training process so that it and its loader workers (one thread each)
+    never ask for more threads than the cores it may run on, shared with the other processes of
+    this node (torchrun's LOCAL_WORLD_SIZE). One more thread than cores makes OpenMP's threads wait
+    on each other whenever anything else runs (measured: training 20-100x slower beside one busy
+    process, instead of 2x)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - loader_workers)
+
+
+def setup_runtime(device_name: str = "auto", amp: str = "none", threads: int = 0, loader_workers: int = 0) -> Runtime:
     """Pick the device ("auto", "cpu", "cuda", "cuda:N": train.device), the AMP mode in effect
     (train.amp; "none" off CUDA) and, under torchrun (WORLD_SIZE > 1), join the process group from
-    the environment: backend nccl on CUDA, gloo on CPU. threads > 0 sets torch's CPU threads."""
-    if threads:
-        torch.set_num_threads(threads)
+    the environment: backend nccl on CUDA, gloo on CPU. Sets torch's CPU threads: `threads`, or
+    when 0 `fitting_threads(loader_workers)`."""
+    torch.set_num_threads(threads or fitting_threads(loader_workers))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -118,12 +129,22 @@ def reduce_sums(runtime: Runtime, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def recurrent_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The dtype the model's recurrences run in, explicitly, under `amp` on `device`
+    (`BiRNNCTC.rnn_dtype`): bfloat16 for bf16 on CUDA, where cuDNN's RNN autocast wrapper would
+    otherwise run them in float16 (without a GradScaler); None (autocast decides, fp16 with a
+    GradScaler) otherwise."""
+    return torch.bfloat16 if device.type == "cuda" and amp == "bf16" else None
+
+
 def autocast_context(device: torch.device, amp: str):
     """Autocast for `amp` ("bf16" | "fp16" | "none") on CUDA; a no-op on any other device."""
     if device.type != "cuda" or amp == "none":
         return nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=AMP_DTYPES[amp])
 
 
 class StopRequest:

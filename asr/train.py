@@ -68,6 +68,7 @@ from asr.runtime import (
     StopRequest,
     autocast_context,
     get_rng_state,
+    recurrent_dtype,
     reduce_sums,
     seed_everything,
     set_rng_state,
@@ -676,7 +677,7 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
         init = InitFrom.load(init_from, config, reinit_head)
     exp_dir = Path(exp_dir)
     threads = torch.get_num_threads()
-    runtime = setup_runtime(config.train.device, config.train.amp, config.train.threads)
+    runtime = setup_runtime(config.train.device, config.train.amp, config.train.threads, config.data.num_workers)
     try:
         with contextlib.ExitStack() as stack:
             if runtime.is_main:
@@ -734,6 +735,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     frontend = Frontend(config.features, prepared.cmvn, config.specaug, config.narrowband).to(runtime.device)
     train_loader, valid_loader = build_loaders(config, prepared.tokenizer, prepared.kept, valid_records, runtime)
     model.to(runtime.device)
+    model.rnn_dtype = recurrent_dtype(runtime.device, runtime.amp)
     optimizer = build_optimizer(model, config.optim)
     scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
     sampler = train_loader.batch_sampler

@@ -270,3 +270,72 @@ def test_eval_frontend_matches_normalising_valid_frames_only():
     assert torch.equal(out_lengths, frame_lengths)
     for i, n in enumerate(out_lengths.tolist()):
         torch.testing.assert_close(out[i, :n], reference[i, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru", "rnn"])
+def test_recurrences_run_in_the_dtype_asked_for(rnn_type, packed):
+    """rnn_dtype (what bf16 AMP sets on CUDA): the recurrences run in bfloat16 outside autocast,
+    the rest of the model keeps its dtype, the result is close to float32, and the float32
+    weights get finite gradients."""
+    torch.manual_seed(0)
+    model = BiRNNCTC(tiny_config(rnn_type=rnn_type, dropout=0.0)).train()
+    model.use_packed = packed
+    features, lengths = torch.randn(3, 40, DIM), torch.tensor([40, 31, 17])
+    reference, _ = model(features, lengths)
+    assert model.recurrence_dtype == torch.float32
+    model.rnn_dtype = torch.bfloat16
+    log_probs, _ = model(features, lengths)
+    assert model.recurrence_dtype == torch.bfloat16 and log_probs.dtype == torch.float32
+    valid = torch.arange(log_probs.size(1))[None, :] < model.output_lengths(lengths)[:, None]
+    torch.testing.assert_close(log_probs[valid], reference[valid], atol=0.1, rtol=0.05)
+    log_probs[valid].sum().backward()
+    weight = model.rnns[0].weight_hh_l0
+    assert weight.dtype == torch.float32 and weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+def test_recurrent_dtype_follows_the_amp_mode():
+    from asr.runtime import recurrent_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert recurrent_dtype(cuda, "bf16") == torch.bfloat16
+    assert recurrent_dtype(cuda, "fp16") is None  # autocast's float16, with a GradScaler
+    assert recurrent_dtype(cuda, "none") is None and recurrent_dtype(cpu, "bf16") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (scripts/gpu_check.sh runs it)")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_runs_the_recurrences_in_the_configured_dtype(amp):
+    """On CUDA under each AMP mode: the RNN ran in the dtype the config names, gradients finite."""
+    from asr.runtime import AMP_DTYPES, autocast_context, recurrent_dtype
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = BiRNNCTC(tiny_config(rnn_type="lstm", dropout=0.0)).to(device).train()
+    model.rnn_dtype = recurrent_dtype(device, amp)
+    features, lengths = torch.randn(3, 40, DIM, device=device), torch.tensor([40, 31, 17], device=device)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    with autocast_context(device, amp):
+        log_probs, _ = model(features, lengths)
+    assert model.recurrence_dtype == AMP_DTYPES[amp]
+    loss = log_probs.float().logsumexp(-1).mean()
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.0))
+    for rnn in model.rnns:
+        assert torch.isfinite(rnn.weight_hh_l0.grad).all()
+
+
+def test_amp_report_lists_every_layer_per_mode(capsys):
+    """scripts/amp_report.py (run by scripts/gpu_check.sh): on the CPU every mode is float32."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "amp_report.py"
+    spec = importlib.util.spec_from_file_location("amp_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--config", str(path.parents[1] / "conf" / "tiny.yaml"), "--device", "cpu"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["recurrences"] == ["float32"] * 3 and rows["grads"] == ["finite", "True", "True", "True"]
+    assert {"frontend.convs.0", "frontend.projection", "head"} <= rows.keys()
