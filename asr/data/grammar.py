@@ -385,7 +385,8 @@ class SentenceGrammar:
             return f"{be_past}{' not' if negative else ''} {verb.ing}"
         if tense == "perfect":
             aux = "has" if third_singular else "have"
-            return f"{aux}{' not' if negative else ''} {self.choice(['', 'already ', 'just ']) if not negative else ''}{verb.participle}"
+            adverb = self.choice(['', 'already ', 'just ']) if not negative else ''
+            return f"{aux}{' not' if negative else ''} {adverb}{verb.participle}"
         raise ValueError(tense)
 
     def tense(self) -> str:
