@@ -1,16 +1,27 @@
 """Training-only transforms, applied in batch on the model's device; each is the identity in
-evaluation mode (`module.eval()`), so `asr.frontend.Frontend`'s mode is the only switch.
+evaluation mode (`module.eval()`), so `asr.frontend.Frontend`'s mode is the only switch. In the
+order the front-end applies them:
 
+- `SpeedPerturb`: some utterances played faster or slower by resampling (Kaldi's and ESPnet's
+  0.9/1.0/1.1 speed perturbation: tempo and pitch change together, lengths change).
+- `Reverb`: convolution with a simulated room impulse response (see `Reverb`).
+- `AdditiveNoise`: white, pink or brown noise, or babble (other utterances of the batch), at a
+  random signal-to-noise ratio.
+- `Gain`: a random level change in dB.
 - `Narrowband`: some utterances pass through a lower sample rate (telephone band) and back.
 - `SpecAugment`: frequency and time masks on normalised features (Park et al. 2019).
 
+Each has a config section with a probability (0 = off: no random number is drawn) and ranges.
 Random draws come from torch's global generator, which training seeds per rank and checkpoints,
-so an augmented run resumes exactly.
+so an augmented run resumes exactly. Every waveform transform takes and returns
+(waveforms (B, samples), lengths (B,)) and keeps padding at zero.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
@@ -125,3 +136,231 @@ class SpecAugment(nn.Module):
             max_width = (lengths.double() * config.time_width_ratio).floor().long().clamp(max=config.max_time_width)
             mask |= self._bands(frames, max_width.clamp(min=0), lengths, config.time_masks).unsqueeze(2)
         return feats.masked_fill(mask, 0.0)
+
+
+def _chosen(prob: float, batch: int, device: torch.device) -> Tensor | None:
+    """(B,) bool: the utterances a transform of probability `prob` acts on; None when none (no draw at prob 0)."""
+    if prob <= 0.0 or batch == 0:
+        return None
+    chosen = torch.rand(batch, device=device) < prob
+    return chosen if bool(chosen.any()) else None
+
+
+def _uniform(low_high: tuple[float, float], count: int, device: torch.device) -> Tensor:
+    low, high = low_high
+    return low + (high - low) * torch.rand(count, device=device)
+
+
+def _check_range(key: str, value: tuple[float, float], low: float = -math.inf, high: float = math.inf) -> None:
+    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+        raise ConfigError(f"{key}: expected [low, high] with {low} <= low <= high <= {high}, got {list(value)!r}")
+
+
+def _check_prob(key: str, prob: float) -> None:
+    if not 0.0 <= prob <= 1.0:
+        raise ConfigError(f"{key}: expected a probability in [0, 1], got {prob!r}")
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Speed perturbation: resampling by a factor, as Kaldi's and ESPnet's recipes do (0.9/1.0/1.1)."""
+
+    prob: float = 0.0  # fraction of training utterances perturbed; 0 = off
+    factors: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed factors, one drawn per chosen utterance (1.1 = 10% faster)
+
+    def __post_init__(self) -> None:
+        _check_prob("speed.prob", self.prob)
+        if not self.factors or not all(0.5 <= f <= 2.0 for f in self.factors):
+            raise ConfigError(f"speed.factors: expected factors in [0.5, 2], got {list(self.factors)!r}")
+
+
+class SpeedPerturb(nn.Module):
+    """Plays chosen utterances `factor` times faster: resampled from factor*rate to rate (the
+    band-limited resampler `load_audio` uses), so a length-n utterance becomes ceil(n / factor)
+    samples and every frequency is multiplied by `factor`. The batch is re-padded to its new
+    longest utterance."""
+
+    def __init__(self, config: SpeedConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        from asr.audio import resample
+
+        chosen = _chosen(self.config.prob, waveforms.shape[0], waveforms.device) if self.training else None
+        if chosen is None:
+            return waveforms, lengths
+        which = torch.randint(len(self.config.factors), (waveforms.shape[0],), device=waveforms.device)
+        rows, new_lengths = [], lengths.clone()
+        for index, factor in enumerate(self.config.factors):
+            ratio = Fraction(factor).limit_denominator(100)
+            picked = (chosen & (which == index)).nonzero().squeeze(1)
+            if picked.numel() == 0 or ratio == 1:
+                continue
+            out = resample(waveforms[picked], ratio.numerator, ratio.denominator)
+            new_lengths[picked] = torch.ceil(lengths[picked].double() * ratio.denominator / ratio.numerator).long()
+            rows.append((picked, out))
+        if not rows:
+            return waveforms, lengths
+        total = max(waveforms.shape[1], *(resampled.shape[1] for _, resampled in rows))
+        out = waveforms.new_zeros(waveforms.shape[0], total)
+        out[:, : waveforms.shape[1]] = waveforms
+        for picked, resampled in rows:
+            out[picked] = 0.0
+            out[picked, : resampled.shape[1]] = resampled
+        total = int(new_lengths.max())
+        out = out[:, :total]
+        return out.masked_fill_(~valid_mask(new_lengths, total), 0.0), new_lengths
+
+
+@dataclass(frozen=True)
+class GainConfig:
+    """A random level change."""
+
+    prob: float = 0.0  # fraction of training utterances; 0 = off
+    db: tuple[float, float] = (-6.0, 6.0)  # gain range in dB, drawn uniformly
+
+    def __post_init__(self) -> None:
+        _check_prob("gain.prob", self.prob)
+        _check_range("gain.db", self.db, -40.0, 40.0)
+
+
+class Gain(nn.Module):
+    """Multiplies chosen utterances by 10^(g/20), g uniform in `db`."""
+
+    def __init__(self, config: GainConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        chosen = _chosen(self.config.prob, waveforms.shape[0], waveforms.device) if self.training else None
+        if chosen is None:
+            return waveforms, lengths
+        gain_db = _uniform(self.config.db, waveforms.shape[0], waveforms.device) * chosen
+        return waveforms * torch.pow(10.0, gain_db / 20.0)[:, None], lengths
+
+
+NOISE_KINDS = ("white", "pink", "brown", "babble")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Additive noise at a random signal-to-noise ratio."""
+
+    prob: float = 0.0  # fraction of training utterances; 0 = off
+    snr_db: tuple[float, float] = (10.0, 30.0)  # SNR range in dB (signal power over noise power), uniform
+    kinds: tuple[str, ...] = NOISE_KINDS  # white | pink (1/f) | brown (1/f^2) | babble (other utterances)
+
+    def __post_init__(self) -> None:
+        _check_prob("noise.prob", self.prob)
+        _check_range("noise.snr_db", self.snr_db, -20.0, 80.0)
+        if not self.kinds or not set(self.kinds) <= set(NOISE_KINDS):
+            raise ConfigError(f"noise.kinds: expected some of {NOISE_KINDS}, got {list(self.kinds)!r}")
+
+
+def coloured_noise(shape: tuple[int, int], exponent: float, device: torch.device) -> Tensor:
+    """Gaussian noise (B, samples) whose power spectrum falls as 1/f^exponent (0 white, 1 pink, 2 brown)."""
+    white = torch.randn(shape, device=device)
+    if exponent == 0.0:
+        return white
+    spectrum = torch.fft.rfft(white, dim=-1)
+    freqs = torch.arange(spectrum.shape[-1], device=device, dtype=torch.float32).clamp(min=1.0)
+    return torch.fft.irfft(spectrum * freqs.pow(-exponent / 2), n=shape[-1], dim=-1)
+
+
+class AdditiveNoise(nn.Module):
+    """Adds noise to chosen utterances so that (signal power / noise power) over each utterance's
+    valid samples is the drawn SNR. Babble is the sum of the other utterances of the batch
+    (rolled in time), scaled the same way."""
+
+    def __init__(self, config: NoiseConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, samples = waveforms.shape
+        chosen = _chosen(self.config.prob, batch, waveforms.device) if self.training else None
+        if chosen is None or samples == 0:
+            return waveforms, lengths
+        device, valid = waveforms.device, valid_mask(lengths.to(waveforms.device), samples)
+        snr_db = _uniform(self.config.snr_db, batch, device)
+        kind = torch.randint(len(self.config.kinds), (batch,), device=device)
+        noise = torch.zeros_like(waveforms)
+        for index, name in enumerate(self.config.kinds):
+            rows = (chosen & (kind == index)).nonzero().squeeze(1)
+            if rows.numel():
+                noise[rows] = self._noise(name, waveforms, rows)
+        noise = noise.masked_fill(~valid, 0.0)
+        count = valid.sum(dim=1).clamp(min=1)
+        signal_power = waveforms.square().sum(dim=1) / count
+        noise_power = noise.square().sum(dim=1) / count
+        scale = torch.sqrt(signal_power / (noise_power.clamp(min=1e-20) * torch.pow(10.0, snr_db / 10.0)))
+        return waveforms + noise * (scale * chosen)[:, None], lengths
+
+    @staticmethod
+    def _noise(name: str, waveforms: Tensor, rows: Tensor) -> Tensor:
+        shape = (rows.numel(), waveforms.shape[1])
+        if name != "babble":
+            return coloured_noise(shape, {"white": 0.0, "pink": 1.0, "brown": 2.0}[name], waveforms.device)
+        others = torch.zeros(shape, device=waveforms.device)
+        for shift in range(1, min(waveforms.shape[0], 4)):  # up to three other talkers
+            others += torch.roll(waveforms, shifts=shift, dims=0)[rows].roll(shift * 1600, dims=1)
+        return others if waveforms.shape[0] > 1 else coloured_noise(shape, 1.0, waveforms.device)
+
+
+@dataclass(frozen=True)
+class ReverbConfig:
+    """Room reverberation from a simulated impulse response (see `Reverb`)."""
+
+    prob: float = 0.0  # fraction of training utterances; 0 = off
+    rt60: tuple[float, float] = (0.2, 0.8)  # reverberation time range (s): the tail decays 60 dB in RT60
+    drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant energy ratio range (dB)
+
+    def __post_init__(self) -> None:
+        _check_prob("reverb.prob", self.prob)
+        _check_range("reverb.rt60", self.rt60, 0.05, 3.0)
+        _check_range("reverb.drr_db", self.drr_db, -20.0, 40.0)
+
+
+def room_impulse_response(rt60: Tensor, drr_db: Tensor, sample_rate: int) -> Tensor:
+    """Impulse responses (B, taps) of a statistical room model (Polack's): a direct-path impulse
+    at t = 0, then a Gaussian-noise tail whose amplitude decays as exp(-3 ln(10) t / RT60) (energy
+    down 60 dB at RT60), scaled so that direct energy / tail energy is `drr_db`. Taps cover the
+    longest RT60."""
+    taps = max(2, int(float(rt60.max()) * sample_rate))
+    t = torch.arange(taps, device=rt60.device, dtype=torch.float32)[None, :] / sample_rate
+    tail = torch.randn(rt60.shape[0], taps, device=rt60.device) * torch.exp(-3 * math.log(10) * t / rt60[:, None])
+    tail[:, 0] = 0.0
+    tail_energy = tail.square().sum(dim=1, keepdim=True).clamp(min=1e-20)
+    tail = tail * torch.sqrt(torch.pow(10.0, -drr_db / 10.0)[:, None] / tail_energy)
+    tail[:, 0] = 1.0
+    return tail
+
+
+class Reverb(nn.Module):
+    """Convolves chosen utterances with `room_impulse_response` (FFT, in batch), keeps each
+    utterance's length (the tail past its end is cut) and its level (RMS)."""
+
+    def __init__(self, config: ReverbConfig, sample_rate: int) -> None:
+        super().__init__()
+        self.config = config
+        self.sample_rate = sample_rate
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        batch, samples = waveforms.shape
+        chosen = _chosen(self.config.prob, batch, waveforms.device) if self.training else None
+        if chosen is None or samples == 0:
+            return waveforms, lengths
+        rows = chosen.nonzero().squeeze(1)
+        device = waveforms.device
+        rir = room_impulse_response(_uniform(self.config.rt60, rows.numel(), device),
+                                    _uniform(self.config.drr_db, rows.numel(), device), self.sample_rate)
+        size = samples + rir.shape[1]
+        dry = waveforms[rows]
+        wet = torch.fft.irfft(torch.fft.rfft(dry, n=size) * torch.fft.rfft(rir, n=size), n=size)[:, :samples]
+        valid = valid_mask(lengths.to(device)[rows], samples)
+        wet = wet.masked_fill(~valid, 0.0)
+        level = torch.sqrt(dry.square().sum(dim=1) / wet.square().sum(dim=1).clamp(min=1e-20))
+        out = waveforms.clone()
+        out[rows] = wet * level[:, None]
+        return out, lengths

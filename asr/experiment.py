@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asr.augment import NarrowbandConfig, SpecAugmentConfig
+from asr.augment import GainConfig, NarrowbandConfig, NoiseConfig, ReverbConfig, SpecAugmentConfig, SpeedConfig
 from asr.config import load_config
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureConfig, GlobalCMVN, compute_cmvn, num_frames
@@ -149,6 +149,10 @@ class ExperimentConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)  # waveform -> features
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # masks in training (0 masks = off)
     narrowband: NarrowbandConfig = field(default_factory=NarrowbandConfig)  # band-limited utterances in training
+    speed: SpeedConfig = field(default_factory=SpeedConfig)  # speed perturbation in training (prob 0 = off)
+    reverb: ReverbConfig = field(default_factory=ReverbConfig)  # simulated rooms in training
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # additive noise and babble in training
+    gain: GainConfig = field(default_factory=GainConfig)  # level changes in training
     model: ModelConfig = field(default_factory=ModelConfig)  # the network (input_dim, vocab_size derived)
     data: DataConfig = field(default_factory=DataConfig)  # batching and length filters
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule

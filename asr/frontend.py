@@ -13,7 +13,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from asr.augment import Narrowband, NarrowbandConfig, SpecAugment, SpecAugmentConfig
+from asr.augment import (
+    AdditiveNoise,
+    Gain,
+    GainConfig,
+    Narrowband,
+    NarrowbandConfig,
+    NoiseConfig,
+    Reverb,
+    ReverbConfig,
+    SpecAugment,
+    SpecAugmentConfig,
+    SpeedConfig,
+    SpeedPerturb,
+)
 from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_features
 
 
@@ -25,12 +38,23 @@ class Frontend(nn.Module):
     """
 
     def __init__(self, features: FeatureConfig, cmvn: GlobalCMVN, specaug: SpecAugmentConfig = SpecAugmentConfig(),
-                 narrowband: NarrowbandConfig = NarrowbandConfig()) -> None:
+                 narrowband: NarrowbandConfig = NarrowbandConfig(), speed: SpeedConfig = SpeedConfig(),
+                 reverb: ReverbConfig = ReverbConfig(), noise: NoiseConfig = NoiseConfig(),
+                 gain: GainConfig = GainConfig()) -> None:
         super().__init__()
         self.features = features
         self.cmvn = cmvn
+        # in the order they apply: the room, then the noise in it, then the recording chain
+        self.waveform_augments = nn.ModuleList([SpeedPerturb(speed), Reverb(reverb, features.sample_rate),
+                                                AdditiveNoise(noise), Gain(gain)])
         self.narrowband = Narrowband(narrowband, features.sample_rate)
         self.specaug = SpecAugment(specaug)
+
+    @classmethod
+    def for_training(cls, config, cmvn: GlobalCMVN) -> "Frontend":
+        """The front-end of an `asr.experiment.ExperimentConfig`, with every augmentation section."""
+        return cls(config.features, cmvn, config.specaug, config.narrowband, config.speed, config.reverb,
+                   config.noise, config.gain)
 
     @property
     def sample_rate(self) -> int:
@@ -46,8 +70,11 @@ class Frontend(nn.Module):
     def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) at `sample_rate`, zero-padded, float in [-1, 1] or int16 (the loader's
         batches, `asr.data.dataset.Batch`: divided by WAVEFORM_SCALE here, on the device); wave_lengths
-        (B,) -> features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64."""
+        (B,) -> features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64. Speed
+        perturbation (training) changes lengths: frame_lengths follow it."""
         waveforms = waveforms.float() / WAVEFORM_SCALE if waveforms.dtype == torch.int16 else waveforms.float()
+        for augment in self.waveform_augments:
+            waveforms, wave_lengths = augment(waveforms, wave_lengths)
         waveforms = self.narrowband(waveforms, wave_lengths)
         dither = self.features.dither if self.training else 0.0
         features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither)

@@ -732,7 +732,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     model = build_model(prepared.model_config)
     if init is not None:
         load_initial_weights(model, init)
-    frontend = Frontend(config.features, prepared.cmvn, config.specaug, config.narrowband).to(runtime.device)
+    frontend = Frontend.for_training(config, prepared.cmvn).to(runtime.device)
     train_loader, valid_loader = build_loaders(config, prepared.tokenizer, prepared.kept, valid_records, runtime)
     model.to(runtime.device)
     model.rnn_dtype = recurrent_dtype(runtime.device, runtime.amp)

@@ -183,7 +183,7 @@ def _runtime(config, device: torch.device) -> Runtime:
 def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN, epochs: int) -> Pipeline:
     seed_everything(config.train.seed)
     model = build_model(config.model_config(tokenizer.vocab_size)).to(device).train()
-    frontend = Frontend(config.features, cmvn, config.specaug, config.narrowband).to(device).train()
+    frontend = Frontend.for_training(config, cmvn).to(device).train()
     loader = make_loader(records, tokenizer, config.data.max_duration, shuffle=True, seed=config.train.seed,
                          num_workers=num_workers, num_buckets=config.data.num_buckets,
                          sample_rate=config.features.sample_rate)

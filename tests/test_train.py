@@ -40,7 +40,11 @@ TINY = [
     "model.dropout=0.3",
     "specaug.freq_width=5",
     "specaug.time_width_ratio=0.2",
-    "narrowband.prob=0.5",  # the resume test then also checks its random stream
+    "narrowband.prob=0.5",  # the resume test then also checks the augmentations' random streams
+    "speed.prob=0.5",
+    "reverb.prob=0.3",
+    "noise.prob=0.5",
+    "gain.prob=0.5",
     "data.max_duration=5",  # with 2 buckets: 4 batches an epoch
     "data.num_buckets=2",
     "data.num_workers=0",
@@ -255,8 +259,7 @@ def test_every_conf_builds_and_takes_a_step(name, tmp_path):
     dim = config.features.dim
     items = [{"id": f"u{i}", "waveform": 0.1 * torch.randn(16000 - 12000 * i), "tokens": torch.tensor([2, 3, 1, 3, 2]),
               "text": "AB BA"} for i in range(2)]
-    frontend = Frontend(config.features, GlobalCMVN(torch.zeros(dim), torch.ones(dim)), config.specaug,
-                        config.narrowband)
+    frontend = Frontend.for_training(config, GlobalCMVN(torch.zeros(dim), torch.ones(dim)))
     before = model.head.weight.detach().clone()
     stats = train_step(model, frontend, build_optimizer(model, config.optim), None, collate(items), 1e-3,
                        config.optim.grad_clip, Runtime())
