@@ -127,11 +127,14 @@ def _run_prepare(args) -> int:
 # --- synth -----------------------------------------------------------------------------------
 def _add_synth(sub) -> None:
     p = sub.add_parser(
-        "synth", help="generate the synthetic espeak-ng corpus in LibriSpeech layout",
-        description="espeak-ng voices (English variant x voice variant, own rate and pitch; one voice = "
-        "one speaker id) read sentences from the built-in grammar (or --text) into OUT/{train,dev,test}/"
-        "<speaker>/<chapter>/*.flac (16 kHz) + *.trans.txt. Test and dev voices never occur in train. "
-        "Seeded: the same options give identical files. Resumable: complete chapters and splits are kept.")
+        "synth", help="generate the synthetic corpus (espeak-ng, flite, festival) in LibriSpeech layout",
+        description="Voices of espeak-ng (English variant x voice variant), flite and festival (voices "
+        "built from recorded speakers), each with its own rate, pitch and warp (one voice = one speaker "
+        "id), read sentences from the built-in grammar (or --text) into OUT/{train,dev,test}/"
+        "<speaker>/<chapter>/*.flac (16 kHz) + *.trans.txt. Test voices come from speakers train and "
+        "dev never use (slt: festival's HTS voice and flite's; ked: a festival diphone voice); dev "
+        "voices are other voices of the train speakers. --voices lists them. Seeded: the same options "
+        "give identical files. Resumable: complete chapters and splits are kept.")
     p.add_argument("--out", help="corpus root to write (required unless --voices)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--train-utts", type=non_negative_int, default=None, help="train utterances (default 2000)")
@@ -144,6 +147,12 @@ def _add_synth(sub) -> None:
     p.add_argument("--test-voices", type=positive_int, default=16, help="voices reserved for test (default 16)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds texts, voices and noise (default 0)")
     p.add_argument("--text", default=None, help="text file, one sentence a line, instead of the grammar")
+    p.add_argument("--text-format", choices=("lines", "prose"), default="lines",
+                   help="--text holds one sentence a line (default), or prose: paragraphs or fortune "
+                        "files (entries between %% lines), cut into sentences")
+    p.add_argument("--engines", default="espeak-ng,flite,festival",
+                   help="comma-separated synthesisers to use (default espeak-ng,flite,festival); without "
+                        "flite and festival the test voices are unseen espeak-ng voices")
     p.add_argument("--no-augment", action="store_true",
                    help="no random level and no background noise (on by default, at a low level)")
     p.add_argument("--num-workers", type=non_negative_int, default=None, help="processes (default: CPU count)")
@@ -157,8 +166,9 @@ def _run_synth(args) -> int:
     config = synthetic.SynthConfig(
         seed=args.seed, dev_utts=args.dev_utts, test_utts=args.test_utts,
         train_utts=2000 if args.train_utts is None else args.train_utts, hours_train=args.hours_train,
-        text_file=args.text, dev_voices=args.dev_voices, test_voices=args.test_voices,
-        augment=not args.no_augment)
+        text_file=args.text, text_format=args.text_format, dev_voices=args.dev_voices,
+        test_voices=args.test_voices, augment=not args.no_augment,
+        engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()))
     if args.voices:
         print(synthetic.describe_voices(config))
         return 0
@@ -437,7 +447,10 @@ def _add_transcribe(sub) -> None:
         "libsndfile reads (WAV, FLAC, OGG, MP3, ...) and, through FFmpeg, M4A/MP4/AAC, WebM/MKV, Opus, "
         "WMA and the audio track of a video. Memory is bounded by the chunk, not the file. A missing "
         "input stops before anything is transcribed (exit 1); a file that cannot be decoded is reported, "
-        "skipped, and makes the exit status 1 once the others are done.")
+        "skipped, and makes the exit status 1 once the others are done. With a calibrated checkpoint "
+        "(asr calibrate --model CKPT --manifest dev.jsonl), a file whose audio is unlike the model's training "
+        "data gets one warning line on stderr and \"out_of_domain\": true in the JSON output; an uncalibrated "
+        "checkpoint checks nothing (\"out_of_domain\": null).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio files, folders (searched recursively; files neither reader opens are listed "
                    "as skipped), glob patterns, or - for audio on standard input")
@@ -484,9 +497,51 @@ def _run_transcribe(args) -> int:
                                skip_existing=args.skip_existing)
     where = f" -> {args.output_dir}" if args.output_dir else ""
     print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
+          + (f"; {len(summary.flagged)} unlike the training data" if summary.flagged else "")
           + (f"; {summary.skipped} skipped (output exists)" if summary.skipped else "")
           + (f"; {len(summary.failed)} failed" if summary.failed else ""), file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+# --- calibrate -------------------------------------------------------------------------------
+def _add_calibrate(sub) -> None:
+    from asr.calibrate import DEFAULT_MARGIN, DEFAULT_PERCENTILE, DEFAULT_STATISTIC, STATISTICS
+
+    p = sub.add_parser(
+        "calibrate", help="store in a checkpoint how its own dev set looks, so transcribe can flag unlike audio",
+        description="Run the model over its dev manifest as asr transcribe would (same chunking), and store "
+        "in the checkpoint the dev distribution of a statistic of its posteriors and the threshold beyond "
+        "which asr transcribe warns that a file is unlike the training data: the dev set's PERCENTILE-th "
+        "percentile, moved MARGIN x (median - percentile) further out. Every other key of the checkpoint "
+        "is kept; it is written atomically (in place unless --out). Calibrating again replaces it.")
+    p.add_argument("--model", required=True,
+                   help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, else last.pt)")
+    p.add_argument("--manifest", required=True, help="the model's dev manifest (never its training data)")
+    p.add_argument("--out", help="write the calibrated checkpoint here (default: in place)")
+    p.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=[n for n, d in STATISTICS.items() if d],
+                   help=f"what to judge by (default {DEFAULT_STATISTIC}: mean word confidence of the best path)")
+    p.add_argument("--percentile", type=positive_float, default=DEFAULT_PERCENTILE,
+                   help=f"the dev tail the threshold starts from, percent (default {DEFAULT_PERCENTILE:g})")
+    p.add_argument("--margin", type=_non_negative_float, default=DEFAULT_MARGIN,
+                   help=f"how far past that percentile, in units of (median - percentile) (default {DEFAULT_MARGIN:g})")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def _run_calibrate(args) -> int:
+    from asr.calibrate import calibrate_checkpoint, describe
+    from asr.checkpoint import resolve_checkpoint
+    from asr.device import resolve_device
+
+    _check_outputs(files=[args.out or resolve_checkpoint(args.model)])
+    out, calibration = calibrate_checkpoint(args.model, args.manifest, args.out, args.statistic, args.percentile,
+                                            args.margin, device=resolve_device(args.device))
+    print(f"{out}: {describe(calibration)}")
+    return 0
 
 
 # --- export / align ---------------------------------------------------------------------------
@@ -695,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results,
-                _add_transcribe, _add_export, _add_align, _add_lm, _add_stats, _add_average, _add_download):
+                _add_transcribe, _add_calibrate, _add_export, _add_align, _add_lm, _add_stats, _add_average,
+                _add_download):
         add(sub)
     return parser
 

@@ -1,23 +1,35 @@
-"""The synthetic corpus: espeak-ng voices read sentences from the project's grammar.
+"""The synthetic corpus: voices of three speech synthesisers read sentences from the grammar.
 
-LibriSpeech cannot be downloaded everywhere, so the demo and the tests train on speech that
-espeak-ng makes here. A *voice* (one LibriSpeech-style numeric speaker id) is an espeak-ng English
-variant (`en-us`, `en-gb-scotland`, ...) with a voice variant (`+m3`, `+f2`, `+klatt`, ...) and its
-own speaking rate and pitch; each utterance jitters rate and pitch a little around the voice's.
-Voices are split between train, dev and test, so dev and test speakers are never heard in training.
+LibriSpeech cannot be downloaded everywhere, so the demo and the tests train on speech made here,
+by Debian's `espeak-ng` (formant synthesis by rule), `flite` and `festival` (voices built from
+recordings of real speakers: diphone voices, and statistical parametric voices trained on CMU
+ARCTIC). A *voice* (one LibriSpeech-style numeric speaker id) is an engine's voice with its own
+speaking rate, pitch and, for flite and festival, a vocal-tract warp (resampling that moves
+formants and f0 together, the duration compensated); each utterance jitters rate and pitch a
+little around the voice's. espeak-ng voices are an English variant (`en-us`, ...) with a voice
+variant (`+m3`, `+klatt`, ...).
 
-Texts come from `asr.data.grammar.sentence_generator` (or from a user's text file), audio is
-trimmed (or padded) to 0.1 s of silence at each end, optionally given a random level and a little
-white noise, resampled to 16 kHz and written as 16-bit FLAC in LibriSpeech layout::
+Each voice belongs to a *family*: who it comes from (`espeak` for every espeak-ng voice, else the
+recorded speaker: `kal`, `awb`, `rms`, `ked`, `slt`). Test voices come from the families in
+`TEST_FAMILIES` only, which train and dev never use: the test split is a speaker the model never
+heard, through an engine and vocoder it never heard (festival's HTS voice). Dev voices are other
+voices of the train families (new rate, pitch and warp), as LibriSpeech's dev speakers are not
+train's. With `engines` restricted to espeak-ng, test takes unseen espeak-ng voices instead.
+
+Texts come from `asr.data.grammar.sentence_generator` (or from a user's text file); audio is
+resampled to 16 kHz, trimmed (or padded) to 0.1 s of silence at each end, peak-normalised,
+optionally given a random level and a little white noise, and written as 16-bit FLAC in
+LibriSpeech layout::
 
     <out>/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac
     <out>/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     <out>/<split>/.done          (JSON summary, written when the split is complete)
     <out>/SPEAKERS.TXT           (speaker id, sex, split, minutes, voice)
 
-Everything derives from the seed: the same options give byte-identical files. Chapters are
-synthesised by a process pool; a rerun skips chapters whose transcript is already in place (the
-transcript is written, atomically, after the chapter's audio) and whole splits that have `.done`.
+Everything derives from the seed: the same options (and engine versions) give byte-identical
+files. Chapters are synthesised by a process pool; a rerun skips chapters whose transcript is
+already in place (the transcript is written, atomically, after the chapter's audio) and whole
+splits that have `.done`.
 """
 
 from __future__ import annotations
@@ -30,8 +42,10 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,13 +56,14 @@ import soundfile
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, audio_info, resample
-from asr.data.grammar import is_question, sentence_generator
+from asr.data.grammar import is_question, number_words, sentence_generator
 from asr.errors import DataError
 from asr.fileio import atomic_open, atomic_write_text, read_text
 from asr.text import normalize_text
 
 SPLITS = ("train", "dev", "test")
-FORMAT_VERSION = 1  # bump when the audio processing changes, so stale corpora are not mixed in
+FORMAT_VERSION = 2  # bump when the audio processing changes, so stale corpora are not mixed in
+ENGINES = ("espeak-ng", "flite", "festival")
 
 # espeak-ng English variants (check `espeak-ng --voices=en`). The mbrola voices need extra
 # packages and are left out.
@@ -61,30 +76,69 @@ VOICE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f
                   "klatt2", "klatt3", "klatt4", "edward", "robert", "paul", "belinda", "linda")
 _FEMALE_VARIANTS = {"f1", "f2", "f3", "f4", "belinda", "linda"}
 FIRST_SPEAKER_ID = 100  # speaker ids are FIRST_SPEAKER_ID + index in the voice catalogue
+ESPEAK_WPM = 175  # espeak-ng's own rate: a voice of rate 1.0 speaks at this many words per minute
+
+
+@dataclass(frozen=True)
+class EngineVoice:
+    """A voice that flite or festival ships, built from one recorded speaker."""
+
+    engine: str  # "flite" or "festival"
+    name: str  # flite's -voice or festival's voice_<name>
+    family: str  # the recorded speaker
+    sex: str  # "F" or "M"
+    package: str  # the Debian package that holds it
+    pitch: str  # how pitch is set: "f0_shift" (flite clustergen), "f0_mean" (diphone), "" (none)
+    f0_mean: float = 0.0  # the voice's mean f0 in Hz, for pitch "f0_mean"
+
+
+# `flite -lv` lists kal (8 kHz: kal16 is the same speaker at 16 kHz) and awb_time (a
+# limited-domain voice that only says times) too. festival's kal_diphone is flite's kal16 speaker.
+ENGINE_VOICES = (
+    EngineVoice("flite", "kal16", "kal", "M", "flite", "f0_mean", 95.0),
+    EngineVoice("flite", "awb", "awb", "M", "flite", "f0_shift"),
+    EngineVoice("flite", "rms", "rms", "M", "flite", "f0_shift"),
+    EngineVoice("flite", "slt", "slt", "F", "flite", "f0_shift"),
+    EngineVoice("festival", "kal_diphone", "kal", "M", "festvox-kallpc16k", "f0_mean", 105.0),
+    EngineVoice("festival", "ked_diphone", "ked", "M", "festvox-kdlpc16k", "f0_mean", 105.0),
+    # HTS (an HMM voice trained on CMU ARCTIC's slt): festival 2.5 ignores the engine's -fm
+    # (pitch) option, so its voices differ by rate and warp only.
+    EngineVoice("festival", "cmu_us_slt_arctic_hts", "slt", "F", "festvox-us-slt-hts", ""),
+)
+# Families only the test split hears: slt, the most natural voice here (festival's HTS voice and
+# flite's clustergen voice of one recorded speaker), and ked, a diphone speaker train never hears.
+TEST_FAMILIES = ("ked", "slt")
+ENGINE_PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite",
+                   "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"}
 
 # Estimated seconds of speech per character of text at 175 words per minute (measured on the
 # grammar's sentences), used only to turn --hours-train into a number of utterances.
 _SECONDS_PER_CHAR_AT_175 = 0.051
-_ESPEAK_INSTALL = "install it with: apt-get install espeak-ng"
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to generate. The same config (and espeak-ng version) gives the same files."""
+    """What to generate. The same config (and engine versions) give the same files."""
 
     seed: int = 0  # seeds texts, the voice split, rates, pitches and noise
     train_utts: int = 2000  # utterances in train (ignored when hours_train is set)
     dev_utts: int = 100  # utterances in dev
     test_utts: int = 100  # utterances in test (voices never used in train)
     hours_train: float | None = None  # if set: enough train utterances for about this many hours
-    text_file: str | None = None  # sentences, one a line, instead of the grammar
-    dev_voices: int = 12  # voices reserved for dev
-    test_voices: int = 16  # voices reserved for test
+    text_file: str | None = None  # sentences instead of the grammar
+    text_format: str = "lines"  # text_file: "lines" (a sentence a line) or "prose" (see prose_sentences)
+    engines: tuple[str, ...] = ENGINES  # synthesisers to use, of ENGINES
+    dev_voices: int = 12  # voices reserved for dev (from the train families)
+    test_voices: int = 16  # voices reserved for test (from TEST_FAMILIES when its engines are used)
+    voices_per_engine_voice: int = 8  # speakers made of each flite/festival voice (rate, pitch, warp)
     utts_per_chapter: int = 25  # utterances per <speaker>/<chapter> folder at most
-    speed_range: tuple[int, int] = (140, 190)  # voices' speaking rates, words per minute
-    pitch_range: tuple[int, int] = (30, 70)  # voices' espeak-ng pitch (0-99)
-    speed_jitter: int = 8  # per utterance: rate += uniform(-jitter, jitter) wpm
-    pitch_jitter: int = 6  # per utterance: pitch += uniform(-jitter, jitter)
+    rate_range: tuple[float, float] = (0.75, 1.3)  # voices' speaking rates, x the engine's own
+    rate_jitter: float = 0.05  # per utterance: rate *= 1 + uniform(-jitter, jitter)
+    pitch_range: tuple[int, int] = (30, 70)  # espeak-ng voices' pitch (-p, 0-99)
+    pitch_jitter: int = 6  # per utterance: espeak-ng pitch += uniform(-jitter, jitter)
+    f0_range: tuple[float, float] = (0.85, 1.2)  # flite/festival voices' f0, x the voice's own
+    f0_jitter: float = 0.04  # per utterance: f0 factor *= 1 + uniform(-jitter, jitter)
+    warp_range: tuple[float, float] = (0.92, 1.1)  # flite/festival voices' formant and f0 warp
     augment: bool = True  # random level and a little white noise per utterance
     level_db: tuple[float, float] = (-14.0, -1.0)  # peak level range, dB full scale (augment)
     snr_db: tuple[float, float] = (25.0, 45.0)  # white-noise signal-to-noise ratio range, dB (augment)
@@ -96,22 +150,20 @@ class Voice:
     """One synthetic speaker."""
 
     speaker: int  # numeric speaker id, as in LibriSpeech
-    language: str  # espeak-ng English variant, e.g. "en-gb-scotland"
-    variant: str  # espeak-ng voice variant, e.g. "f2"
-    speed: int  # base speaking rate, words per minute
-    pitch: int  # base espeak-ng pitch, 0-99
-
-    @property
-    def espeak_voice(self) -> str:
-        """The `-v` argument of espeak-ng, e.g. "en-us+m3"."""
-        return f"{self.language}+{self.variant}"
-
-    @property
-    def sex(self) -> str:
-        return "F" if self.variant in _FEMALE_VARIANTS else "M"
+    engine: str  # "espeak-ng", "flite" or "festival"
+    name: str  # the engine's voice: "en-us+m3" (espeak-ng -v), "awb", "cmu_us_slt_arctic_hts"
+    family: str  # who it comes from: "espeak", or the recorded speaker ("kal", "slt", ...)
+    sex: str  # "F" or "M"
+    rate: float  # base speaking rate, x the engine's own (espeak-ng: x ESPEAK_WPM)
+    pitch: float  # base pitch: espeak-ng -p (0-99); flite/festival: f0 x the voice's own
+    warp: float = 1.0  # formants and f0 x warp by resampling, duration compensated (1: none)
 
     def describe(self) -> str:
-        return f"{self.espeak_voice} {self.speed} wpm pitch {self.pitch}"
+        """One line: engine:voice, rate, pitch and warp, e.g. "flite:awb rate 1.12 f0 0.93 warp 1.04"."""
+        if self.engine == "espeak-ng":
+            return (f"espeak-ng:{self.name} rate {self.rate:.2f} ({round(ESPEAK_WPM * self.rate)} wpm) "
+                    f"pitch {self.pitch:.0f}")
+        return f"{self.engine}:{self.name} rate {self.rate:.2f} f0 {self.pitch:.2f} warp {self.warp:.3f}"
 
 
 @dataclass(frozen=True)
@@ -120,8 +172,8 @@ class Utterance:
 
     id: str  # "<speaker>-<chapter>-<NNNN>"
     text: str  # normalised transcript (A-Z, apostrophe, spaces)
-    speed: int  # espeak-ng -s, words per minute
-    pitch: int  # espeak-ng -p
+    rate: float  # speaking rate, x the engine's own
+    pitch: float  # espeak-ng -p, or f0 x the voice's own (see Voice.pitch)
     seed: int  # seeds this utterance's level and noise
 
 
@@ -203,67 +255,157 @@ def text_seed(seed: int, split: str) -> int:
     return derive_seed(seed, "text", split)
 
 
+def _check_engines(engines: Sequence[str]) -> None:
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise DataError(f"unknown engine {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(ENGINES)}")
+
+
 def voice_catalogue(config: SynthConfig) -> list[Voice]:
-    """Every English variant x voice variant, with a seeded rate and pitch each; ids from 100."""
+    """Every voice of `config.engines`, with a seeded rate, pitch and warp each; ids from 100.
+
+    espeak-ng: every English variant x voice variant. flite and festival: each of ENGINE_VOICES
+    `voices_per_engine_voice` times. A voice's id and settings do not depend on `engines`.
+    """
+    _check_engines(config.engines)
     rng = random.Random(derive_seed(config.seed, "voices"))
     voices = []
-    for index, (language, variant) in enumerate(itertools.product(ENGLISH_VARIANTS, VOICE_VARIANTS)):
-        voices.append(Voice(FIRST_SPEAKER_ID + index, language, variant,
-                            rng.randint(*config.speed_range), rng.randint(*config.pitch_range)))
-    return voices
+    for language, variant in itertools.product(ENGLISH_VARIANTS, VOICE_VARIANTS):
+        voices.append(Voice(FIRST_SPEAKER_ID + len(voices), "espeak-ng", f"{language}+{variant}",
+                            "espeak", "F" if variant in _FEMALE_VARIANTS else "M",
+                            round(rng.uniform(*config.rate_range), 3), rng.randint(*config.pitch_range)))
+    for base in ENGINE_VOICES:
+        rng = random.Random(derive_seed(config.seed, "voices", base.engine, base.name))
+        for _ in range(config.voices_per_engine_voice):
+            rate = round(rng.uniform(*config.rate_range), 3)
+            f0 = round(rng.uniform(*config.f0_range), 3) if base.pitch else 1.0
+            warp = round(rng.uniform(*config.warp_range) * 160) / 160  # rate x warp: whole 100 Hz
+            voices.append(Voice(FIRST_SPEAKER_ID + len(voices), base.engine, base.name, base.family,
+                                base.sex, rate, f0, warp))
+    return [v for v in voices if v.engine in config.engines]
+
+
+def _take_balanced(voices: Sequence[Voice], count: int, seed: int) -> tuple[list[Voice], list[Voice]]:
+    """(`count` voices of a seeded shuffle, picked round-robin over the engine voices, the rest).
+
+    espeak-ng counts as one engine voice; flite's and festival's slt are two.
+    """
+    order = list(voices)
+    random.Random(seed).shuffle(order)
+    by_source: dict[tuple[str, str], list[Voice]] = {}
+    for voice in order:
+        key = (voice.engine, "" if voice.engine == "espeak-ng" else voice.name)
+        by_source.setdefault(key, []).append(voice)
+    queues = [by_source[key] for key in sorted(by_source)]
+    picked: list[Voice] = []
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    chosen = {v.speaker for v in picked}
+    return picked, [v for v in voices if v.speaker not in chosen]
 
 
 def split_voices(config: SynthConfig) -> dict[str, list[Voice]]:
-    """The voices of each split: a seeded shuffle of the catalogue, test first, then dev, train.
+    """The voices of each split; no voice is in two splits, no test family in train or dev.
 
-    No voice is in two splits. Every English variant and voice variant still occurs in train
-    (each is shared by many voices), only their combination, rate and pitch are new in test.
+    Test: `test_voices` voices of TEST_FAMILIES (without their engines: of the other families,
+    new combinations of espeak-ng variants as before); dev: `dev_voices` voices of the other
+    families; train: the rest. Picks are seeded and spread evenly over the engine voices.
     """
     voices = voice_catalogue(config)
     if config.dev_voices < 1 or config.test_voices < 1:
         raise DataError("dev_voices and test_voices must be at least 1")
-    if config.dev_voices + config.test_voices >= len(voices):
+    held_out = [v for v in voices if v.family in TEST_FAMILIES]
+    seen = [v for v in voices if v.family not in TEST_FAMILIES]
+    pool = held_out or seen
+    if config.test_voices > len(pool) - (0 if held_out else 1):
+        raise DataError(f"test_voices must be at most {len(pool) - (0 if held_out else 1)} "
+                        f"with engines {','.join(config.engines)}, got {config.test_voices}")
+    test, rest = _take_balanced(pool, config.test_voices, derive_seed(config.seed, "split", "test"))
+    if not held_out:
+        seen = rest
+    if config.dev_voices >= len(seen):
         raise DataError(f"dev_voices + test_voices must leave voices for train "
                         f"(catalogue has {len(voices)})")
-    order = list(voices)
-    random.Random(derive_seed(config.seed, "split")).shuffle(order)
-    test = order[:config.test_voices]
-    dev = order[config.test_voices:config.test_voices + config.dev_voices]
-    train = order[config.test_voices + config.dev_voices:]
+    dev, train = _take_balanced(seen, config.dev_voices, derive_seed(config.seed, "split", "dev"))
     return {split: sorted(v, key=lambda voice: voice.speaker)
             for split, v in (("train", train), ("dev", dev), ("test", test))}
 
 
 def describe_voices(config: SynthConfig) -> str:
-    """The voices of each split, one a line: speaker id, sex, split, espeak voice, rate, pitch."""
+    """The voices of each split, one a line: speaker id, sex, family, engine:voice and settings."""
     lines = []
     for split, voices in split_voices(config).items():
-        lines.append(f"{split}: {len(voices)} voices")
-        lines += [f"  {v.speaker}  {v.sex}  {v.describe()}" for v in voices]
+        engines = sorted({v.engine for v in voices})
+        families = sorted({v.family for v in voices})
+        lines.append(f"{split}: {len(voices)} voices (engines {', '.join(engines)}; "
+                     f"families {', '.join(families)})")
+        lines += [f"  {v.speaker}  {v.sex}  {v.family:<6}  {v.describe()}" for v in voices]
     return "\n".join(lines)
 
 
-def read_text_file(path: str | os.PathLike) -> tuple[list[str], int]:
-    """Sentences of a text file (one a line), normalised; returns (sentences, lines skipped).
+_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\w,]|\.\d)|(?<![\w.,])\d+(?![\w,]|\.\d)")
 
-    Blank lines are ignored; lines that still hold digits or letters outside A-Z after
-    normalisation are skipped (espeak-ng would read "42" as a number while the transcript says
-    "42"). Raises DataError naming the file when it is missing or has no usable line.
+
+def spell_numbers(text: str) -> str:
+    """Whole numbers below a million written as words: "room 42" -> "room forty two".
+
+    Numbers glued to letters ("3rd", "mp3"), decimals and larger numbers are left as digits, so
+    that `read_text_file` skips their lines: how they are read aloud is not one thing.
     """
+    def words(match: re.Match) -> str:
+        value = int(match.group().replace(",", ""))
+        return number_words(value) if value < 1_000_000 else match.group()
+
+    return _NUMBER.sub(words, text)
+
+
+def prose_sentences(text: str) -> list[str]:
+    """Sentences of prose: paragraphs (blank lines or `%` lines between them, as in fortune
+    files) are joined and cut after `.`, `!` or `?`; attribution lines ("-- Mark Twain") are
+    dropped. Returns the sentences as written (not normalised)."""
+    sentences = []
+    text = re.sub(r"^%\s*$", "", text, flags=re.MULTILINE)
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.splitlines()]
+        body = " ".join(line for line in lines if line and not line.startswith("--"))
+        sentences += [s.strip() for s in re.split(r"(?<=[.!?])[\"')\]]*\s+", body) if s.strip()]
+    return sentences
+
+
+PROSE_WORDS = (3, 30)  # words a sentence of prose needs, at least and at most
+
+
+def read_text_file(path: str | os.PathLike, text_format: str = "lines") -> tuple[list[str], int]:
+    """Sentences of a text file, normalised; returns (sentences, lines skipped).
+
+    `text_format` "lines": one sentence a line; "prose": `prose_sentences`, of PROSE_WORDS words.
+    Numbers are spelt (`spell_numbers`); blank lines are ignored; a sentence that still holds
+    digits or letters outside A-Z after normalisation (or prose of another length) is skipped.
+    The engines read the normalised text, so audio and transcript agree.
+    Raises DataError naming the file when it is missing or has no usable sentence.
+    """
+    if text_format not in ("lines", "prose"):
+        raise DataError(f"text format must be 'lines' or 'prose', got {text_format!r}")
     path = Path(path)
-    raw_lines = read_text(path, "text file").splitlines()
+    raw = read_text(path, "text file")
+    pieces = raw.splitlines() if text_format == "lines" else prose_sentences(raw)
+    min_words, max_words = (1, 10**6) if text_format == "lines" else PROSE_WORDS
     sentences, skipped = [], 0
-    for line in raw_lines:
-        text = normalize_text(line)
+    for piece in pieces:
+        text = normalize_text(spell_numbers(piece))
         if not text:
             continue
-        if any(not ("A" <= c <= "Z" or c in "' ") for c in text):
+        if (any(not ("A" <= c <= "Z" or c in "' ") for c in text)
+                or not min_words <= len(text.split()) <= max_words):
             skipped += 1
             continue
         sentences.append(text)
     if not sentences:
-        raise DataError(f"{path}: no usable sentence (need lines of English words; "
-                        f"{skipped} lines skipped for digits or letters outside A-Z)")
+        raise DataError(f"{path}: no usable sentence (need English words; {skipped} "
+                        "skipped for digits, letters outside A-Z or length)")
     return sentences, skipped
 
 
@@ -276,8 +418,37 @@ def _file_stream(sentences: Sequence[str], seed: int) -> Iterator[str]:
         yield from order
 
 
-def _estimate_seconds(text: str, speed: int) -> float:
-    return len(text) * _SECONDS_PER_CHAR_AT_175 * 175.0 / speed + 0.2
+def _estimate_seconds(text: str, rate: float) -> float:
+    return len(text) * _SECONDS_PER_CHAR_AT_175 / rate + 0.2
+
+
+def _reading_order(voices: Sequence[Voice]) -> Iterator[Voice]:
+    """Who reads utterance 0, 1, 2, ...: the families in turn, each cycling through its voices,
+    whose engine voices alternate (slt: flite's, festival's, flite's, ...)."""
+    by_source: dict[str, dict[tuple[str, str], list[Voice]]] = {}
+    for voice in voices:
+        source = by_source.setdefault(voice.family, {})
+        source.setdefault((voice.engine, voice.name if voice.engine != "espeak-ng" else ""),
+                          []).append(voice)
+    families = []
+    for family in sorted(by_source):
+        queues = [by_source[family][key] for key in sorted(by_source[family])]
+        families.append([v for group in itertools.zip_longest(*queues) for v in group if v])
+    for index in itertools.count():
+        family = families[index % len(families)]
+        yield family[(index // len(families)) % len(family)]
+
+
+def _utterance_prosody(voice: Voice, rng: random.Random, config: SynthConfig) -> tuple[float, float]:
+    """(rate, pitch) of one utterance: the voice's, jittered."""
+    rate = round(voice.rate * (1 + rng.uniform(-config.rate_jitter, config.rate_jitter)), 3)
+    if voice.engine == "espeak-ng":
+        pitch = min(99, max(0, voice.pitch + rng.randint(-config.pitch_jitter, config.pitch_jitter)))
+    elif engine_voice(voice).pitch:
+        pitch = round(voice.pitch * (1 + rng.uniform(-config.f0_jitter, config.f0_jitter)), 3)
+    else:
+        pitch = voice.pitch
+    return rate, pitch
 
 
 def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
@@ -285,7 +456,8 @@ def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
     """Every chapter of every split, with its utterances, texts, rates and pitches.
 
     The plan depends on `config` (and the text file's sentences) only: synthesis just follows it.
-    Utterance i of a split is read by voice i mod (voices of the split); each voice's utterances
+    Utterances of a split are read by its families in turn, each family cycling through its
+    voices (`_reading_order`), so that each family has an equal share; each voice's utterances
     are cut into chapters of `utts_per_chapter`; chapter id = speaker id * 1000 + chapter index.
     Texts: train, dev and test each read `sentence_generator(text_seed(seed, split))`; a text
     file is one seeded stream read by test, then dev, then train, so the splits share no line
@@ -305,71 +477,118 @@ def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
         texts = file_texts or sentence_generator(text_seed(config.seed, split))
         rng = random.Random(derive_seed(config.seed, "utterances", split))
         count = {"train": config.train_utts, "dev": config.dev_utts, "test": config.test_utts}[split]
-        by_voice: dict[int, list[tuple[str, int, int]]] = {}
+        by_voice: dict[int, list[tuple[str, float, float]]] = {}
         total_seconds = 0.0
+        readers = _reading_order(voices[split])
         for index in itertools.count():
             if split == "train" and config.hours_train is not None:
                 if total_seconds >= config.hours_train * 3600:
                     break
             elif index >= count:
                 break
-            voice = voices[split][index % len(voices[split])]
+            voice = next(readers)
             text = next(texts)
-            speed = voice.speed + rng.randint(-config.speed_jitter, config.speed_jitter)
-            pitch = min(99, max(0, voice.pitch + rng.randint(-config.pitch_jitter, config.pitch_jitter)))
-            by_voice.setdefault(voice.speaker, []).append((text, speed, pitch))
-            total_seconds += _estimate_seconds(text, speed)
+            rate, pitch = _utterance_prosody(voice, rng, config)
+            by_voice.setdefault(voice.speaker, []).append((text, rate, pitch))
+            total_seconds += _estimate_seconds(text, rate)
         chapters = []
         for voice in voices[split]:
             items = by_voice.get(voice.speaker, [])
             for k in range(0, len(items), config.utts_per_chapter):
                 chapter_id = voice.speaker * 1000 + k // config.utts_per_chapter
                 utterances = tuple(
-                    Utterance(f"{voice.speaker}-{chapter_id}-{n:04d}", text, speed, pitch,
+                    Utterance(f"{voice.speaker}-{chapter_id}-{n:04d}", text, rate, pitch,
                               derive_seed(config.seed, "audio", split, voice.speaker, chapter_id, n))
-                    for n, (text, speed, pitch) in enumerate(items[k:k + config.utts_per_chapter]))
+                    for n, (text, rate, pitch) in enumerate(items[k:k + config.utts_per_chapter]))
                 chapters.append(Chapter(split, voice, chapter_id, utterances))
         plan[split] = chapters
     return {split: plan[split] for split in SPLITS}
 
 
+
+
 # --- synthesis -----------------------------------------------------------------------------------
-def check_espeak() -> str:
-    """The path of espeak-ng; DataError with the install command when it is missing."""
-    path = shutil.which("espeak-ng")
+def engine_voice(voice: Voice) -> EngineVoice:
+    """The flite or festival voice that `voice` is made of (KeyError for espeak-ng voices)."""
+    for base in ENGINE_VOICES:
+        if (base.engine, base.name) == (voice.engine, voice.name):
+            return base
+    raise KeyError(f"{voice.engine}:{voice.name}")
+
+
+def check_engine(engine: str) -> str:
+    """The path of `engine`'s program; DataError naming the Debian package when it is missing."""
+    path = shutil.which(engine)
     if path is None:
-        raise DataError(f"espeak-ng not found on PATH; {_ESPEAK_INSTALL}")
+        others = ",".join(e for e in ENGINES if e != engine)
+        raise DataError(f"{engine} not found on PATH; install it with: apt-get install "
+                        f"{ENGINE_PACKAGES[engine]} (or leave it out: --engines {others})")
     return path
 
 
+def check_espeak() -> str:
+    """The path of espeak-ng; DataError with the install command when it is missing."""
+    return check_engine("espeak-ng")
+
+
 def check_voices(voices: Iterable[Voice]) -> None:
-    """DataError when espeak-ng lacks one of the variants (it would silently fall back)."""
-    espeak = check_espeak()
-    languages = _espeak_list(espeak, "--voices=en", column=1)
-    variants = {name.split("/", 1)[-1] for name in _espeak_list(espeak, "--voices=variant", column=4)}
-    missing = sorted({v.language for v in voices if v.language not in languages}
-                     | {v.variant for v in voices if v.variant not in variants})
-    if missing:
-        raise DataError(f"this espeak-ng lacks the voices {', '.join(missing)} "
-                        "(see `espeak-ng --voices=en` and `espeak-ng --voices=variant`)")
+    """DataError when an engine, or one of its voices, is missing (engines silently fall back)."""
+    voices = list(voices)
+    engines = {v.engine for v in voices}
+    missing: list[str] = []
+    if "espeak-ng" in engines:
+        espeak = check_engine("espeak-ng")
+        languages = _program_list([espeak, "--voices=en"], column=1)
+        variants = {name.split("/", 1)[-1]
+                    for name in _program_list([espeak, "--voices=variant"], column=4)}
+        names = {v.name for v in voices if v.engine == "espeak-ng"}
+        missing += sorted({n.split("+")[0] for n in names if n.split("+")[0] not in languages}
+                          | {n.split("+")[1] for n in names if n.split("+")[1] not in variants})
+        if missing:
+            raise DataError(f"this espeak-ng lacks the voices {', '.join(missing)} "
+                            "(see `espeak-ng --voices=en` and `espeak-ng --voices=variant`)")
+    for engine in ("flite", "festival"):
+        if engine not in engines:
+            continue
+        available = _flite_voices() if engine == "flite" else _festival_voices()
+        needed = {engine_voice(v) for v in voices if v.engine == engine}
+        lacking = sorted((b for b in needed if b.name not in available), key=lambda b: b.name)
+        if lacking:
+            raise DataError(f"{engine} lacks the voices {', '.join(b.name for b in lacking)}; "
+                            "install them with: apt-get install "
+                            f"{' '.join(sorted({b.package for b in lacking}))}")
 
 
-def _espeak_list(espeak: str, option: str, column: int) -> set[str]:
-    result = subprocess.run([espeak, option], capture_output=True, text=True, check=False)
+def _program_list(command: list[str], column: int) -> set[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise DataError(f"`espeak-ng {option}` failed: {result.stderr.strip()}")
+        raise DataError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
     return {line.split()[column] for line in result.stdout.splitlines()[1:]
             if len(line.split()) > column}
 
 
-def espeak_synthesize(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
-    """Speak `text` with espeak-ng; returns (samples (n,) float32 in [-1, 1], sample rate Hz).
+def _flite_voices() -> set[str]:
+    result = subprocess.run([check_engine("flite"), "-lv"], capture_output=True, text=True, check=False)
+    return set(result.stdout.replace("Voices available:", "").split())
 
-    A text from the grammar is spoken in lower case with a full stop, or a question mark when it
-    is a question, so that espeak-ng reads words (not letters) with sentence intonation.
-    """
-    spoken = text.lower() + ("?" if is_question(text) else ".")
-    command = [check_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", spoken]
+
+def _festival_voices() -> set[str]:
+    result = subprocess.run([check_engine("festival"), "--pipe"], input="(print (voice.list))\n",
+                            capture_output=True, text=True, check=False)
+    return set(result.stdout.replace("(", " ").replace(")", " ").split())
+
+
+def _spoken(text: str) -> str:
+    """How a transcript is given to an engine: lower case (words, not letters) with a full stop,
+    or a question mark when it is a question (sentence intonation)."""
+    return text.lower() + ("?" if is_question(text) else ".")
+
+
+def espeak_synthesize(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
+    """Speak `text` with espeak-ng voice `voice` at `speed` wpm and pitch `pitch` (0-99);
+    returns (samples (n,) float32 in [-1, 1], sample rate Hz)."""
+    command = [check_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout",
+               _spoken(text)]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0 or len(result.stdout) < 44:
         raise DataError(f"espeak-ng failed on {text!r} with voice {voice}: "
@@ -390,12 +609,84 @@ def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
     return samples.astype(np.float32) / 32768.0, rate
 
 
+def _read_wav(path: Path, engine: str, text: str) -> tuple[np.ndarray, int]:
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, OSError) as error:
+        raise DataError(f"{engine} wrote no audio for {text!r}: {error}") from None
+    if len(samples) == 0:
+        raise DataError(f"{engine} wrote empty audio for {text!r}")
+    return samples.mean(axis=1), rate
+
+
+def flite_synthesize(voice: Voice, utterance: Utterance, workdir: Path) -> tuple[np.ndarray, int]:
+    """Speak the utterance with flite at its rate and pitch; (samples (n,) float32, Hz).
+
+    Durations are stretched by warp / rate: the warp's resampling shortens them by 1 / warp.
+    """
+    base, text = engine_voice(voice), utterance.text
+    path = workdir / f"{utterance.id}.wav"
+    command = [check_engine("flite"), "-voice", voice.name,
+               "--setf", f"duration_stretch={voice.warp / utterance.rate:.4f}"]
+    if base.pitch == "f0_shift":
+        command += ["--setf", f"f0_shift={utterance.pitch:.4f}"]
+    elif base.pitch == "f0_mean":
+        command += ["--setf", f"int_f0_target_mean={base.f0_mean * utterance.pitch:.2f}"]
+    result = subprocess.run(command + ["-t", _spoken(text), "-o", str(path)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise DataError(f"flite failed on {text!r} with voice {voice.name}: {result.stderr.strip()}")
+    return _read_wav(path, "flite", text)
+
+
+def _festival_script(voice: Voice, utterances: Sequence[Utterance], workdir: Path) -> str:
+    """Scheme that has festival say each utterance into workdir/<id>.wav, one process a chapter."""
+    base = engine_voice(voice)
+    lines = [f"(voice_{voice.name})"]
+    for u in utterances:
+        if base.pitch == "f0_mean":
+            mean = base.f0_mean * u.pitch
+            lines.append(f"(Parameter.set 'Duration_Stretch {voice.warp / u.rate:.4f})")
+            lines.append(f"(set! int_lr_params '((target_f0_mean {mean:.2f}) (target_f0_std "
+                         f"{0.14 * mean:.2f}) (model_f0_mean 170) (model_f0_std 34)))")
+        else:  # HTS: hts_engine's own speed option (festival's Duration_Stretch has no effect)
+            lines.append(f"(set! hts_engine_params (append {voice.name}::hts_engine_params "
+                         f"(list (list \"-r\" {u.rate / voice.warp:.4f}))))")
+        # the text holds only a-z, apostrophes, spaces and . or ?: safe in a Scheme string
+        lines.append(f"(utt.save.wave (utt.synth (Utterance Text \"{_spoken(u.text)}\")) "
+                     f"\"{workdir / (u.id + '.wav')}\" 'riff)")
+    return "\n".join(lines) + "\n"
+
+
+def festival_synthesize(voice: Voice, utterances: Sequence[Utterance], workdir: Path
+                        ) -> list[tuple[np.ndarray, int]]:
+    """Speak the utterances with one festival process; [(samples (n,) float32, Hz)] in order."""
+    script = _festival_script(voice, utterances, workdir)
+    result = subprocess.run([check_engine("festival"), "--pipe"], input=script, capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise DataError(f"festival failed with voice {voice.name}: {result.stderr.strip()[-300:]}")
+    return [_read_wav(workdir / f"{u.id}.wav", "festival", u.text) for u in utterances]
+
+
+def speak(voice: Voice, utterances: Sequence[Utterance]) -> list[tuple[np.ndarray, int]]:
+    """The engine's raw audio of each utterance, [(samples (n,) float32, sample rate Hz)]."""
+    if voice.engine == "espeak-ng":
+        return [espeak_synthesize(u.text, voice.name, round(ESPEAK_WPM * u.rate), round(u.pitch))
+                for u in utterances]
+    with tempfile.TemporaryDirectory(prefix="asr-synth-") as tmp:
+        if voice.engine == "flite":
+            return [flite_synthesize(voice, u, Path(tmp)) for u in utterances]
+        return festival_synthesize(voice, utterances, Path(tmp))
+
+
 def trim_silence(samples: np.ndarray, sample_rate: int, keep: float = 0.1,
                  threshold_db: float = -45.0) -> np.ndarray:
     """Leave exactly `keep` seconds of silence before and after the speech in `samples` (n,).
 
     espeak-ng starts speaking within a few milliseconds and ends with a third of a second of
-    silence: the end is cut, the start padded with zeros. Silence: 10 ms frames whose RMS is
+    silence, flite and festival leave silence at both ends: what is missing is padded with
+    zeros, what is more is cut. Silence: 10 ms frames whose RMS is
     `threshold_db` below the loudest frame's.
     """
     frame = max(1, sample_rate // 100)
@@ -428,18 +719,34 @@ def augment(samples: np.ndarray, rng: np.random.Generator, level_db: tuple[float
     return (samples + noise).astype(np.float32)
 
 
-def render_utterance(utterance: Utterance, voice: Voice, config: SynthConfig) -> np.ndarray:
-    """The 16 kHz int16 samples (n,) of one utterance: speak, resample, trim, augment."""
+PEAK_DBFS = -3.0  # every engine's audio is peak-normalised to this before augmentation
+
+
+def finish_audio(samples: np.ndarray, rate: int, voice: Voice, utterance: Utterance,
+                 config: SynthConfig) -> np.ndarray:
+    """An engine's samples (n,) at `rate` Hz -> the 16 kHz int16 samples (m,) of the corpus:
+    warp and resample, trim silence, peak-normalise, augment."""
     import torch
 
-    samples, rate = espeak_synthesize(utterance.text, voice.espeak_voice, utterance.speed,
-                                      utterance.pitch)
-    samples = resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
+    # Read as if recorded at rate x warp: formants and f0 move by warp, durations by 1 / warp
+    # (the engine stretched them by warp beforehand).
+    source_rate = rate if voice.warp == 1.0 else round(rate * voice.warp)
+    samples = resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
+                       source_rate, SAMPLE_RATE).numpy()
     samples = trim_silence(samples, SAMPLE_RATE, keep=config.keep_silence)
+    peak = float(np.abs(samples).max()) if len(samples) else 0.0
+    if peak > 0:
+        samples = (samples * (10 ** (PEAK_DBFS / 20) / peak)).astype(np.float32)
     if config.augment:
         samples = augment(samples, np.random.default_rng(utterance.seed), config.level_db,
                           config.snr_db)
     return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def render_utterance(utterance: Utterance, voice: Voice, config: SynthConfig) -> np.ndarray:
+    """The 16 kHz int16 samples (n,) of one utterance: speak, resample, trim, augment."""
+    samples, rate = speak(voice, [utterance])[0]
+    return finish_audio(samples, rate, voice, utterance, config)
 
 
 def _write_flac(path: Path, samples: np.ndarray) -> None:
@@ -454,10 +761,11 @@ def synthesize_chapter(out_dir: str | os.PathLike, chapter: Chapter, config: Syn
     """Write one chapter's FLAC files, then its transcript; returns durations (seconds)."""
     folder = Path(out_dir) / chapter.folder
     durations = []
-    for utterance in chapter.utterances:
-        samples = render_utterance(utterance, chapter.voice, config)
-        _write_flac(folder / f"{utterance.id}.flac", samples)
-        durations.append(len(samples) / SAMPLE_RATE)
+    raw = speak(chapter.voice, chapter.utterances)
+    for utterance, (samples, rate) in zip(chapter.utterances, raw):
+        audio = finish_audio(samples, rate, chapter.voice, utterance, config)
+        _write_flac(folder / f"{utterance.id}.flac", audio)
+        durations.append(len(audio) / SAMPLE_RATE)
     atomic_write_text(folder / chapter.transcript_name, chapter.transcript())
     return durations
 
@@ -564,13 +872,14 @@ def generate_corpus(out_dir: str | os.PathLike, config: SynthConfig = SynthConfi
 
     `num_workers` processes synthesise chapters (None: the CPU count; 0 or 1: this process).
     Complete chapters and splits already on disk are kept (resumable); a split written with other
-    options is a DataError. Raises DataError when espeak-ng or one of its voices is missing.
+    options is a DataError. Raises DataError when an engine of `config.engines`, or one of its
+    voices, is missing.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     text_sentences, skipped_lines = (None, 0)
     if config.text_file is not None:
-        text_sentences, skipped_lines = read_text_file(config.text_file)
+        text_sentences, skipped_lines = read_text_file(config.text_file, config.text_format)
     plan = plan_corpus(config, text_sentences)
     check_voices(c.voice for chapters in plan.values() for c in chapters)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
