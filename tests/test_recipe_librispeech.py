@@ -146,19 +146,20 @@ def test_dry_run_of_each_set(tmp_path, name, train, config):
     [train_cmd] = [c for c in cmds if c.startswith("asr train")]
     assert f"conf/{config}.yaml --train {combined} --valid data/manifests/{evals[0]}.jsonl --exp {exp}" in train_cmd
     assert train_cmd.endswith("train.epochs=30") == (name == "mini")
-    assert ("asr download librispeech-lm --data-dir data --files 3-gram.pruned.1e-7.arpa.gz,librispeech-lexicon.txt"
-            in cmds)
+    assert ("asr download librispeech-lm --data-dir data --files "
+            "3-gram.pruned.1e-7.arpa.gz,4-gram.arpa.gz,librispeech-lexicon.txt") in cmds
     assert f"asr average --exp {exp} --last 5" in cmds
 
     decodes = [c for c in cmds if c.startswith("asr decode")]
-    assert len(decodes) == 3 * len(evals)
+    assert len(decodes) == 4 * len(evals)
     lm = "--lm data/lm/3-gram.pruned.1e-7.arpa.gz --lexicon data/lm/librispeech-lexicon.txt"
+    final_lm = "--lm data/lm/4-gram.arpa.gz --lexicon data/lm/librispeech-lexicon.txt"
+    tuned = f"--tuned-from {exp}/decode/{evals[0]}/beam-3-gram.pruned.1e-7-lex-librispeech-lexicon/tuned.json"
     for s in evals:
         head = f"asr decode --exp {exp} --manifest data/manifests/{s}.jsonl --set {s} --decoder"
         assert f"{head} greedy" in decodes and f"{head} beam" in decodes
-        tail = ("--tune" if s == evals[0]
-                else f"--tuned-from {exp}/decode/{evals[0]}/beam-3-gram.pruned.1e-7-lex-librispeech-lexicon/tuned.json")
-        assert f"{head} beam {lm} {tail}" in decodes
+        assert f"{head} beam {lm} {'--tune' if s == evals[0] else tuned}" in decodes
+        assert f"{head} beam {final_lm} {tuned}" in decodes  # the official 4-gram, weights tuned with the 3-gram
     assert cmds[-1].startswith(f"asr results --exp {exp} --out RESULTS.md")
 
 

@@ -22,8 +22,11 @@
 #   --md5 "NAME=MD5,..."         expected MD5 of files on a mirror that repacks them []
 #   --lm-source official|train   official: openslr 11's ARPA LM (--lm-file) and lexicon;
 #                                train: an n-gram LM built from the training text [official]
-#   --lm-file NAME               official LM to decode with, e.g. 3-gram.arpa.gz, 4-gram.arpa.gz
-#                                [3-gram.pruned.1e-7.arpa.gz]
+#   --lm-file NAME               official LM whose weights are tuned on the first dev set (small:
+#                                tuning decodes the dev set once per grid point) [3-gram.pruned.1e-7.arpa.gz]
+#   --final-lm-file NAME         official LM of the final decode of every set, with the tuned
+#                                weights, as the published LibriSpeech recipes report [4-gram.arpa.gz];
+#                                the same name as --lm-file: one LM for both
 #   --lm-order N                 order of the LM built with --lm-source train [3]
 #   --config FILE                training config [mini, 100: conf/small.yaml; 460, 960: conf/large.yaml]
 #   --train-args "k=v ..."       extra config overrides for training [mini: train.epochs=30]
@@ -50,7 +53,7 @@ set -euo pipefail
 
 stage=0; stop_stage=100; dry_run=false
 set=mini; corpus_dir=""; train_sets=""; dev_sets=""; test_sets=""; mirror=""; md5=""
-lm_source=official; lm_file=3-gram.pruned.1e-7.arpa.gz; lm_order=3
+lm_source=official; lm_file=3-gram.pruned.1e-7.arpa.gz; final_lm_file=4-gram.arpa.gz; lm_order=3
 config=""; train_args=""; exp_name=""; avg=5; nj=8; decode_args=""; work_dir=""
 ngpu=1; nnodes=1; node_rank=0; master_addr=""; master_port=29500; rdzv_endpoint=""
 
@@ -101,10 +104,12 @@ exp=exp/$exp_name
 if [ "$lm_source" = official ]; then
   lm=data/lm/$lm_file; lexicon=data/lm/librispeech-lexicon.txt
   lm_opts=(--lm "$lm" --lexicon "$lexicon")
+  final_lm_opts=(--lm "data/lm/$final_lm_file" --lexicon "$lexicon")
 else
   lm=$exp/lm/train-${lm_order}gram.arpa
-  lm_opts=(--lm "$lm")
+  lm_opts=(--lm "$lm"); final_lm_file=""; final_lm_opts=()
 fi
+[ "$final_lm_file" != "$lm_file" ] || final_lm_file=""  # one LM for tuning and the final decode
 lm_label=$(basename "$lm" .gz); lm_label=beam-${lm_label%.arpa}
 valid_manifest=$manifests/$first_dev.jsonl
 
@@ -122,7 +127,8 @@ need 2 1 "$manifests/$train_name.combined.jsonl"
 [ "$lm_source" = official ] || need 3 1 "$manifests/$train_name.combined.jsonl"
 need 4 1 "$manifests/$train_name.combined.jsonl" "$valid_manifest"
 for split in "${eval_list[@]}"; do need 6 1 "$manifests/$split.jsonl"; done
-if [ "$lm_source" = official ]; then need 6 3 "$lm" "$lexicon"; else need 6 3 "$lm"; fi
+if [ "$lm_source" = official ]; then need 6 3 "$lm" "$lexicon" ${final_lm_file:+"data/lm/$final_lm_file"}
+else need 6 3 "$lm"; fi
 # asr decode names its folder after the LM and, when one is given, the lexicon (asr.evaluate.decoder_label)
 [ "$lm_source" = official ] && lm_label=$lm_label-lex-$(basename "$lexicon" .txt)
 
@@ -152,7 +158,8 @@ fi
 
 if stage 3 "word LM ($lm_source): $lm"; then
   if [ "$lm_source" = official ]; then
-    run asr download librispeech-lm --data-dir data --files "$lm_file,$(basename "$lexicon")" \
+    run asr download librispeech-lm --data-dir data \
+      --files "$lm_file${final_lm_file:+,$final_lm_file},$(basename "$lexicon")" \
       ${mirror:+--mirror "$mirror"} ${md5:+--md5 "$md5"}
   else
     done_or_run $exp/.lm.done \
@@ -185,6 +192,10 @@ if stage 6 "decode ${eval_list[*]}: greedy, beam, beam + LM (weights tuned on $f
     else
       run asr decode --exp $exp --manifest $manifests/$set_name.jsonl --set "$set_name" \
         --decoder beam "${lm_opts[@]}" --tuned-from $exp/decode/$first_dev/$lm_label/tuned.json $decode_args
+    fi
+    if [ -n "$final_lm_file" ]; then  # the big LM, with the weights tuned with the small one
+      run asr decode --exp $exp --manifest $manifests/$set_name.jsonl --set "$set_name" \
+        --decoder beam "${final_lm_opts[@]}" --tuned-from $exp/decode/$first_dev/$lm_label/tuned.json $decode_args
     fi
   done
 fi
