@@ -14,15 +14,38 @@ import pytest
 import soundfile
 
 from asr.cli import main as cli_main
+from asr.data import synthetic
 from asr.data.grammar import MAX_WORDS, MIN_WORDS, number_words, sentence_generator
-from asr.data.synthetic import (ENGLISH_VARIANTS, VOICE_VARIANTS, SynthConfig, generate_corpus,
-                                plan_corpus, read_text_file, split_voices, text_seed, trim_silence,
-                                voice_catalogue)
+from asr.data.synthetic import (
+    ENGINE_PACKAGES,
+    ENGINE_VOICES,
+    ENGINES,
+    ENGLISH_VARIANTS,
+    TEST_FAMILIES,
+    VOICE_VARIANTS,
+    SynthConfig,
+    Utterance,
+    Voice,
+    engine_voice,
+    generate_corpus,
+    plan_corpus,
+    prose_sentences,
+    read_text_file,
+    render_utterance,
+    spell_numbers,
+    split_voices,
+    text_seed,
+    trim_silence,
+    voice_catalogue,
+)
 from asr.errors import DataError
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,
     reason="espeak-ng is not installed (apt-get install espeak-ng)")
+MISSING_ENGINES = [e for e in ENGINES if shutil.which(e) is None]
+needs_engines = pytest.mark.skipif(
+    bool(MISSING_ENGINES), reason=f"not installed: {' '.join(MISSING_ENGINES)} (make setup)")
 
 TINY = SynthConfig(seed=3, train_utts=6, dev_utts=2, test_utts=2)
 SENTENCE = re.compile(r"^[A-Z']+( [A-Z']+)*$")
@@ -60,35 +83,104 @@ def test_number_words(number, words):
 
 
 # --- voices, plan, audio processing --------------------------------------------------------------
+def _espeak_parts(voices):
+    names = [v.name.split("+") for v in voices if v.engine == "espeak-ng"]
+    return {language for language, _ in names}, {variant for _, variant in names}
+
+
 def test_voice_splits_are_disjoint_and_train_covers_every_variant():
     config = SynthConfig(seed=5)
     splits = split_voices(config)
     ids = {split: {v.speaker for v in voices} for split, voices in splits.items()}
     assert not ids["train"] & ids["test"] and not ids["train"] & ids["dev"] and not ids["dev"] & ids["test"]
     assert len(ids["test"]) == config.test_voices and len(ids["dev"]) == config.dev_voices
-    assert ids["train"] | ids["dev"] | ids["test"] == {v.speaker for v in voice_catalogue(config)}
-    assert {v.language for v in splits["train"]} == set(ENGLISH_VARIANTS)
-    assert {v.variant for v in splits["train"]} == set(VOICE_VARIANTS)
+    unused = [v for v in voice_catalogue(config) if v.speaker not in ids["train"] | ids["dev"] | ids["test"]]
+    assert unused and {v.family for v in unused} <= set(TEST_FAMILIES)  # never heard at all
+    assert _espeak_parts(splits["train"]) == (set(ENGLISH_VARIANTS), set(VOICE_VARIANTS))
     for voice in voice_catalogue(config):
-        assert config.speed_range[0] <= voice.speed <= config.speed_range[1]
+        assert config.rate_range[0] <= voice.rate <= config.rate_range[1]
+        if voice.engine != "espeak-ng":
+            assert config.warp_range[0] - 0.01 <= voice.warp <= config.warp_range[1] + 0.01
     assert split_voices(SynthConfig(seed=6)) != splits
+
+
+@pytest.mark.parametrize("engines", [ENGINES, ("espeak-ng", "flite"), ("flite", "festival"), ("festival",)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_split_rule_no_test_family_in_train_or_dev(engines, seed):
+    config = SynthConfig(seed=seed, engines=engines)
+    splits = split_voices(config)
+    families = {split: {v.family for v in voices} for split, voices in splits.items()}
+    assert families["test"] and families["test"] <= set(TEST_FAMILIES)
+    assert not families["test"] & (families["train"] | families["dev"])
+    assert families["dev"] <= families["train"]  # dev: unseen voices of speakers train hears
+    for split, voices in splits.items():
+        assert {v.engine for v in voices} <= set(engines), split
+    # test is spread over its engine voices: slt through flite and through festival's HTS
+    sources = collections.Counter((v.engine, v.name) for v in splits["test"])
+    assert max(sources.values()) - min(sources.values()) <= 1
+    plan = plan_corpus(SynthConfig(seed=seed, engines=engines, train_utts=40, dev_utts=8, test_utts=12))
+    readers = {split: collections.Counter(c.voice.family for c in chapters for _ in c.utterances)
+               for split, chapters in plan.items()}
+    assert set(readers["test"]) == families["test"]
+    assert max(readers["train"].values()) - min(readers["train"].values()) <= 1  # equal shares
+
+
+def test_espeak_only_tests_unseen_espeak_voices():
+    splits = split_voices(SynthConfig(seed=2, engines=("espeak-ng",)))
+    assert {v.family for s in splits.values() for v in s} == {"espeak"}
+    names = {split: {v.name for v in voices} for split, voices in splits.items()}
+    assert not names["test"] & names["train"]  # variant combinations never heard in train
+    assert _espeak_parts(splits["train"]) == (set(ENGLISH_VARIANTS), set(VOICE_VARIANTS))
+    with pytest.raises(DataError, match="unknown engine mbrola"):
+        split_voices(SynthConfig(engines=("espeak-ng", "mbrola")))
+
+
+def test_voice_ids_do_not_depend_on_the_engines():
+    every = {(v.engine, v.name, v.rate, v.warp): v.speaker for v in voice_catalogue(SynthConfig())}
+    for engines in (("flite",), ("festival", "espeak-ng")):
+        for voice in voice_catalogue(SynthConfig(engines=engines)):
+            assert every[(voice.engine, voice.name, voice.rate, voice.warp)] == voice.speaker
 
 
 def test_plan_with_text_file_keeps_splits_apart(tmp_path):
     lines = [f"Sentence number {number_words(i)}, said the clerk." for i in range(1, 40)]
     text = tmp_path / "text.txt"
-    text.write_text("\n".join(lines + ["", "room 42 is closed", "café au lait"]) + "\n")
+    text.write_text("\n".join(lines + ["", "room 42 is closed", "the 3rd mp3 costs 2.50", "café au lait"]) + "\n")
     sentences, skipped = read_text_file(text)
-    assert skipped == 1 and len(sentences) == 40  # digits skipped, accents folded
+    assert skipped == 1 and len(sentences) == 41  # numbers spelt, "3rd" skipped, accents folded
     assert sentences[0] == "SENTENCE NUMBER ONE SAID THE CLERK"
+    assert "ROOM FORTY TWO IS CLOSED" in sentences and "CAFE AU LAIT" in sentences
     plan = plan_corpus(SynthConfig(train_utts=20, dev_utts=5, test_utts=5), sentences)
     texts = {split: [u.text for c in chapters for u in c.utterances] for split, chapters in plan.items()}
     assert [len(texts[s]) for s in ("train", "dev", "test")] == [20, 5, 5]
     assert not set(texts["train"]) & set(texts["test"]) and not set(texts["dev"]) & set(texts["test"])
     empty = tmp_path / "empty.txt"
-    empty.write_text("123\n\n")
+    empty.write_text("the 3rd\n\n")
     with pytest.raises(DataError, match="empty.txt"):
         read_text_file(empty)
+
+
+def test_spell_numbers_and_prose_sentences(tmp_path):
+    assert (spell_numbers("Room 42, 1,500 men and 7 dogs")
+            == "Room forty two, one thousand five hundred men and seven dogs")
+    kept = "the 3rd of 2.5 mp3 files, 1000000 of them"  # read aloud in more than one way
+    assert spell_numbers(kept) == kept
+    fortunes = (
+        "A banker is a fellow who lends you his umbrella when the sun is shining\n"
+        "and wants it back the minute it begins to rain.\n\t\t-- Mark Twain\n%\n"
+        "Yes.\n%\nHe had 3 cats.  They were all black! Why did they sleep all day?\n"
+        "\t-- Anonymous\n%\n")
+    assert prose_sentences(fortunes) == [
+        "A banker is a fellow who lends you his umbrella when the sun is shining and wants it back "
+        "the minute it begins to rain.", "Yes.", "He had 3 cats.", "They were all black!",
+        "Why did they sleep all day?"]
+    path = tmp_path / "fortunes"
+    path.write_text(fortunes)
+    sentences, skipped = read_text_file(path, "prose")
+    assert sentences[1:] == ["HE HAD THREE CATS", "THEY WERE ALL BLACK", "WHY DID THEY SLEEP ALL DAY"]
+    assert skipped == 1  # "Yes.": fewer than three words
+    with pytest.raises(DataError, match="'lines' or 'prose'"):
+        read_text_file(path, "poems")
 
 
 def test_hours_train_gives_about_that_much_text():
@@ -222,3 +314,92 @@ def test_cli_synth(tmp_path, capsys):
     assert "test: 16 voices" in capsys.readouterr().out
     assert cli_main(["synth", "--train-utts", "2"]) == 1  # --out missing: one line, exit 1
     assert "--out is required" in capsys.readouterr().err
+
+
+# --- each engine -----------------------------------------------------------------------------------
+SHORT = "THE OLD MAN WALKED TO THE STATION ON A COLD MORNING"
+SOURCES = [("espeak-ng", "en-us+m3")] + [(b.engine, b.name) for b in ENGINE_VOICES]
+
+
+def _median_f0(samples: np.ndarray, rate: int = 16000) -> float:
+    """Median autocorrelation pitch (Hz) of the loud 40 ms frames."""
+    size = int(0.04 * rate)
+    loud = np.sqrt(np.mean(samples ** 2))
+    values = []
+    for start in range(0, len(samples) - size, size):
+        frame = samples[start:start + size]
+        if np.sqrt(np.mean(frame ** 2)) < 0.5 * loud:
+            continue
+        ac = np.correlate(frame, frame, "full")[size - 1:]
+        lo, hi = rate // 400, rate // 60
+        values.append(rate / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(values))
+
+
+def _voice(engine: str, name: str, rate: float = 1.0, pitch: float = 1.0, warp: float = 1.0) -> Voice:
+    if engine == "espeak-ng":
+        pitch, warp = 50 * pitch, 1.0
+    return Voice(1, engine, name, "x", "M", rate, pitch, warp)
+
+
+def _say(voice: Voice, text: str = SHORT, seed: int = 0) -> np.ndarray:
+    utterance = Utterance("1-1-0000", text, voice.rate, voice.pitch, seed)
+    return render_utterance(utterance, voice, SynthConfig(augment=False)).astype(np.float32) / 32768
+
+
+@pytest.mark.parametrize("engine, name", SOURCES, ids=[f"{e}:{n}" for e, n in SOURCES])
+def test_engine_speaks_16k_speech_of_plausible_duration(engine, name):
+    if shutil.which(engine) is None:
+        pytest.skip(f"{engine} is not installed (apt-get install {ENGINE_PACKAGES[engine]})")
+    normal = _say(_voice(engine, name))
+    assert normal.ndim == 1  # mono, 16 kHz: render_utterance's contract, checked on disk below
+    seconds = len(normal) / 16000
+    assert 0.045 * len(SHORT) < seconds < 0.11 * len(SHORT), seconds  # about 3 words a second
+    assert np.abs(normal).max() == pytest.approx(10 ** (-3 / 20), abs=0.01)  # peak-normalised
+    assert 60 < _median_f0(normal) < 300  # voiced speech, a human pitch
+    fast = _say(_voice(engine, name, rate=1.25))
+    assert 1.2 < len(normal) / len(fast) < 1.4  # rate 1.25x: 1.25x shorter (silences kept)
+    if engine != "espeak-ng":
+        # warp: pitch and formants move, the duration is compensated
+        low, high = _say(_voice(engine, name, warp=0.925)), _say(_voice(engine, name, warp=1.075))
+        assert abs(len(low) / len(high) - 1) < 0.1
+        assert 1.08 < _median_f0(high) / _median_f0(low) < 1.25
+    if engine == "espeak-ng" or engine_voice(_voice(engine, name)).pitch:  # not rms, HTS
+        higher = _say(_voice(engine, name, pitch=1.2))
+        assert _median_f0(higher) / _median_f0(normal) > 1.08
+    again = _say(_voice(engine, name))
+    assert np.array_equal(again, normal)  # the same settings give the same audio
+
+
+def _without(monkeypatch, *programs: str) -> None:
+    which = shutil.which
+    monkeypatch.setattr(synthetic.shutil, "which",
+                        lambda name, *a, **k: None if name in programs else which(name, *a, **k))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_missing_engine_is_one_line_naming_its_package(engine, monkeypatch, tmp_path, capsys):
+    _without(monkeypatch, engine)
+    with pytest.raises(DataError, match=f"{engine} not found on PATH; install it with: apt-get install "
+                                        f"{ENGINE_PACKAGES[engine]}"):
+        generate_corpus(tmp_path / "out", TINY, num_workers=1)
+    assert cli_main(["synth", "--out", str(tmp_path / "cli"), "--train-utts", "2", "--num-workers", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"apt-get install {ENGINE_PACKAGES[engine]}" in err
+    assert "--engines" in err  # how to do without it
+
+
+@needs_espeak
+def test_restricted_engines_need_only_those(monkeypatch, tmp_path):
+    _without(monkeypatch, "flite", "festival")
+    summary = generate_corpus(tmp_path / "out", SynthConfig(seed=1, train_utts=3, dev_utts=1, test_utts=1,
+                                                            engines=("espeak-ng",)), num_workers=1)
+    assert [s.utterances for s in summary.splits] == [3, 1, 1]
+
+
+def test_missing_festival_voice_names_its_package(monkeypatch):
+    if shutil.which("festival") is None:
+        pytest.skip("festival is not installed")
+    monkeypatch.setattr(synthetic, "_festival_voices", lambda: {"kal_diphone"})
+    with pytest.raises(DataError, match="apt-get install festvox-kdlpc16k festvox-us-slt-hts"):
+        synthetic.check_voices(split_voices(SynthConfig(engines=("festival",)))["test"])

@@ -88,7 +88,7 @@ class EngineVoice:
     family: str  # the recorded speaker
     sex: str  # "F" or "M"
     package: str  # the Debian package that holds it
-    pitch: str  # how pitch is set: "f0_shift" (flite clustergen), "f0_mean" (diphone), "" (none)
+    pitch: str  # how pitch is set: "f0_shift" (flite clustergen), "f0_mean" (diphone), "" (not)
     f0_mean: float = 0.0  # the voice's mean f0 in Hz, for pitch "f0_mean"
 
 
@@ -97,12 +97,12 @@ class EngineVoice:
 ENGINE_VOICES = (
     EngineVoice("flite", "kal16", "kal", "M", "flite", "f0_mean", 95.0),
     EngineVoice("flite", "awb", "awb", "M", "flite", "f0_shift"),
-    EngineVoice("flite", "rms", "rms", "M", "flite", "f0_shift"),
+    EngineVoice("flite", "rms", "rms", "M", "flite", ""),  # takes neither f0_shift nor a target f0
     EngineVoice("flite", "slt", "slt", "F", "flite", "f0_shift"),
     EngineVoice("festival", "kal_diphone", "kal", "M", "festvox-kallpc16k", "f0_mean", 105.0),
     EngineVoice("festival", "ked_diphone", "ked", "M", "festvox-kdlpc16k", "f0_mean", 105.0),
     # HTS (an HMM voice trained on CMU ARCTIC's slt): festival 2.5 ignores the engine's -fm
-    # (pitch) option, so its voices differ by rate and warp only.
+    # (pitch) option, so its voices, like rms's, differ by rate and warp (which moves f0) only.
     EngineVoice("festival", "cmu_us_slt_arctic_hts", "slt", "F", "festvox-us-slt-hts", ""),
 )
 # Families only the test split hears: slt, the most natural voice here (festival's HTS voice and
@@ -128,8 +128,8 @@ class SynthConfig:
     text_file: str | None = None  # sentences instead of the grammar
     text_format: str = "lines"  # text_file: "lines" (a sentence a line) or "prose" (see prose_sentences)
     engines: tuple[str, ...] = ENGINES  # synthesisers to use, of ENGINES
-    dev_voices: int = 12  # voices reserved for dev (from the train families)
-    test_voices: int = 16  # voices reserved for test (from TEST_FAMILIES when its engines are used)
+    dev_voices: int = 12  # voices reserved for dev (train families; at most half their voices)
+    test_voices: int = 16  # voices reserved for test (TEST_FAMILIES': at most as many as they have)
     voices_per_engine_voice: int = 8  # speakers made of each flite/festival voice (rate, pitch, warp)
     utts_per_chapter: int = 25  # utterances per <speaker>/<chapter> folder at most
     rate_range: tuple[float, float] = (0.75, 1.3)  # voices' speaking rates, x the engine's own
@@ -310,26 +310,27 @@ def _take_balanced(voices: Sequence[Voice], count: int, seed: int) -> tuple[list
 def split_voices(config: SynthConfig) -> dict[str, list[Voice]]:
     """The voices of each split; no voice is in two splits, no test family in train or dev.
 
-    Test: `test_voices` voices of TEST_FAMILIES (without their engines: of the other families,
-    new combinations of espeak-ng variants as before); dev: `dev_voices` voices of the other
-    families; train: the rest. Picks are seeded and spread evenly over the engine voices.
+    Test: `test_voices` voices of TEST_FAMILIES, or all they have (without their engines: of the
+    other families, new combinations of espeak-ng variants as before); dev: `dev_voices` voices of
+    the other families (at most half of them); train: the rest. Picks are seeded and spread
+    evenly over the engine voices.
     """
     voices = voice_catalogue(config)
     if config.dev_voices < 1 or config.test_voices < 1:
         raise DataError("dev_voices and test_voices must be at least 1")
     held_out = [v for v in voices if v.family in TEST_FAMILIES]
     seen = [v for v in voices if v.family not in TEST_FAMILIES]
-    pool = held_out or seen
-    if config.test_voices > len(pool) - (0 if held_out else 1):
-        raise DataError(f"test_voices must be at most {len(pool) - (0 if held_out else 1)} "
-                        f"with engines {','.join(config.engines)}, got {config.test_voices}")
-    test, rest = _take_balanced(pool, config.test_voices, derive_seed(config.seed, "split", "test"))
-    if not held_out:
-        seen = rest
-    if config.dev_voices >= len(seen):
+    if held_out:
+        test_count = min(config.test_voices, len(held_out))
+        dev_count = min(config.dev_voices, len(seen) // 2)  # fewer engines: keep most for train
+    elif config.dev_voices + config.test_voices >= len(seen):
         raise DataError(f"dev_voices + test_voices must leave voices for train "
                         f"(catalogue has {len(voices)})")
-    dev, train = _take_balanced(seen, config.dev_voices, derive_seed(config.seed, "split", "dev"))
+    else:
+        test_count, dev_count = config.test_voices, config.dev_voices
+    test, rest = _take_balanced(held_out or seen, test_count, derive_seed(config.seed, "split", "test"))
+    dev, train = _take_balanced(seen if held_out else rest, dev_count,
+                                derive_seed(config.seed, "split", "dev"))
     return {split: sorted(v, key=lambda voice: voice.speaker)
             for split, v in (("train", train), ("dev", dev), ("test", test))}
 
@@ -346,7 +347,7 @@ def describe_voices(config: SynthConfig) -> str:
     return "\n".join(lines)
 
 
-_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\w,]|\.\d)|(?<![\w.,])\d+(?![\w,]|\.\d)")
+_NUMBER = re.compile(r"(?<!\w)(?<!\d[.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?!\w|[.,]\d)")
 
 
 def spell_numbers(text: str) -> str:
