@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# Both create .venv when missing, install the package (editable, with its dev extra) and
-# espeak-ng (Debian package, used to synthesise the offline corpus), then do their job.
+# Both create .venv when missing, install the package (editable, with its dev extra) and the
+# speech synthesisers espeak-ng, flite and festival with its voices (Debian packages, used to
+# synthesise the offline corpus), then do their job.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -17,13 +18,18 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import asr, torch, torchaudio" || { echo "package install failed" >&2; exit 1; }
 	@touch $(STAMP)
 
+# The synthesisers of `asr synth` (asr/data/synthetic.py ENGINE_PACKAGES) and the voices it uses.
+SYNTH_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+
 espeak:
-	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+	@missing=$$(for p in $(SYNTH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q "install ok installed" || echo $$p; done | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing espeak-ng and sox with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; \
+	    echo "installing $$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "espeak-ng is missing: install it with 'sudo apt-get install espeak-ng sox'" >&2; exit 1; \
+	    echo "speech synthesisers missing: install them with 'sudo apt-get install $$missing'" >&2; exit 1; \
 	  fi; \
 	fi
 
