@@ -138,12 +138,19 @@ class SpecAugment(nn.Module):
         return feats.masked_fill(mask, 0.0)
 
 
-def _chosen(prob: float, batch: int, device: torch.device) -> Tensor | None:
-    """(B,) bool: the utterances a transform of probability `prob` acts on; None when none (no draw at prob 0)."""
-    if prob <= 0.0 or batch == 0:
-        return None
-    chosen = torch.rand(batch, device=device) < prob
-    return chosen if bool(chosen.any()) else None
+class _WaveformAugment(nn.Module):
+    """A waveform transform with a config that has a `prob`: (waveforms, lengths) in and out."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+
+    def chosen(self, waveforms: Tensor) -> Tensor | None:
+        """(B,) bool: the utterances to act on; None when none, in evaluation, or at prob 0 (no draw then)."""
+        if not self.training or self.config.prob <= 0.0 or waveforms.shape[0] == 0 or waveforms.shape[1] == 0:
+            return None
+        chosen = torch.rand(waveforms.shape[0], device=waveforms.device) < self.config.prob
+        return chosen if bool(chosen.any()) else None
 
 
 def _uniform(low_high: tuple[float, float], count: int, device: torch.device) -> Tensor:
@@ -174,20 +181,16 @@ class SpeedConfig:
             raise ConfigError(f"speed.factors: expected factors in [0.5, 2], got {list(self.factors)!r}")
 
 
-class SpeedPerturb(nn.Module):
+class SpeedPerturb(_WaveformAugment):
     """Plays chosen utterances `factor` times faster: resampled from factor*rate to rate (the
     band-limited resampler `load_audio` uses), so a length-n utterance becomes ceil(n / factor)
     samples and every frequency is multiplied by `factor`. The batch is re-padded to its new
     longest utterance."""
 
-    def __init__(self, config: SpeedConfig) -> None:
-        super().__init__()
-        self.config = config
-
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         from asr.audio import resample
 
-        chosen = _chosen(self.config.prob, waveforms.shape[0], waveforms.device) if self.training else None
+        chosen = self.chosen(waveforms)
         if chosen is None:
             return waveforms, lengths
         which = torch.randint(len(self.config.factors), (waveforms.shape[0],), device=waveforms.device)
@@ -225,15 +228,11 @@ class GainConfig:
         _check_range("gain.db", self.db, -40.0, 40.0)
 
 
-class Gain(nn.Module):
+class Gain(_WaveformAugment):
     """Multiplies chosen utterances by 10^(g/20), g uniform in `db`."""
 
-    def __init__(self, config: GainConfig) -> None:
-        super().__init__()
-        self.config = config
-
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        chosen = _chosen(self.config.prob, waveforms.shape[0], waveforms.device) if self.training else None
+        chosen = self.chosen(waveforms)
         if chosen is None:
             return waveforms, lengths
         gain_db = _uniform(self.config.db, waveforms.shape[0], waveforms.device) * chosen
@@ -268,19 +267,15 @@ def coloured_noise(shape: tuple[int, int], exponent: float, device: torch.device
     return torch.fft.irfft(spectrum * freqs.pow(-exponent / 2), n=shape[-1], dim=-1)
 
 
-class AdditiveNoise(nn.Module):
+class AdditiveNoise(_WaveformAugment):
     """Adds noise to chosen utterances so that (signal power / noise power) over each utterance's
     valid samples is the drawn SNR. Babble is the sum of the other utterances of the batch
     (rolled in time), scaled the same way."""
 
-    def __init__(self, config: NoiseConfig) -> None:
-        super().__init__()
-        self.config = config
-
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         batch, samples = waveforms.shape
-        chosen = _chosen(self.config.prob, batch, waveforms.device) if self.training else None
-        if chosen is None or samples == 0:
+        chosen = self.chosen(waveforms)
+        if chosen is None:
             return waveforms, lengths
         device, valid = waveforms.device, valid_mask(lengths.to(waveforms.device), samples)
         snr_db = _uniform(self.config.snr_db, batch, device)
@@ -337,19 +332,18 @@ def room_impulse_response(rt60: Tensor, drr_db: Tensor, sample_rate: int) -> Ten
     return tail
 
 
-class Reverb(nn.Module):
+class Reverb(_WaveformAugment):
     """Convolves chosen utterances with `room_impulse_response` (FFT, in batch), keeps each
     utterance's length (the tail past its end is cut) and its level (RMS)."""
 
     def __init__(self, config: ReverbConfig, sample_rate: int) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.sample_rate = sample_rate
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         batch, samples = waveforms.shape
-        chosen = _chosen(self.config.prob, batch, waveforms.device) if self.training else None
-        if chosen is None or samples == 0:
+        chosen = self.chosen(waveforms)
+        if chosen is None:
             return waveforms, lengths
         rows = chosen.nonzero().squeeze(1)
         device = waveforms.device

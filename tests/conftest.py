@@ -6,6 +6,17 @@ import http.server
 import threading
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every model in the tests is tiny: one intra-op thread runs it fastest, and on a busy
+    machine (CI, two cores) spinning OpenMP threads cost far more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Server:

@@ -32,14 +32,6 @@ TOKENS = ["<blank>", "|", "'", *string.ascii_uppercase]
 TOKENIZER = Tokenizer(TOKENS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def peaked_log_probs(frames: int, peaks: dict[int, str], peak: float = 0.9) -> torch.Tensor:
     """(frames, V) log-probs: `peaks[t]` has probability `peak` at frame t, the blank elsewhere;
     the rest of each frame's mass is spread evenly. The probability varies a little per frame, so

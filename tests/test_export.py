@@ -28,14 +28,6 @@ TOKENS = ["<blank>", "|", "'", *string.ascii_uppercase]
 WAVE_SECONDS = (2.3, 0.9, 1.6, 0.12)  # a batch of varied lengths, one shorter than most words
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_checkpoint(path, seed: int = 0, **model_options):
     """A tiny untrained checkpoint; the blank is pushed down so that greedy decoding emits text."""
     from asr.checkpoint import save_checkpoint

@@ -12,16 +12,6 @@ DIM = 20
 VOCAB = 7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the spinning threads
-    cost far more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**changes) -> ModelConfig:
     values = dict(input_dim=DIM, vocab_size=VOCAB, conv_channels=4, hidden=8, layers=2, dropout=0.3)
     values.update(changes)

@@ -52,16 +52,8 @@ TINY = [
     "optim.lr=3e-3",
     "train.log_every=2",
     "train.seed=7",
+    "train.threads=1",  # tiny models: one thread is fastest (the default fits the machine's cores)
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine makes 2 threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_corpus(root: Path, name: str, count: int, seed: int, extra: list[dict] = (), fixed: float = 0.0) -> Path:
@@ -362,7 +354,7 @@ def test_it_learns_a_toy_task(tmp_path):
                  "model.subsample=2", "model.dropout=0", "specaug.freq_masks=0", "specaug.time_masks=0",
                  "data.max_duration=12", "data.num_workers=0", "data.min_utt_duration=0", "train.epochs=12",
                  "train.log_every=50", "train.seed=0", "optim.warmup_steps=20", "optim.lr=3e-3",
-                 "optim.decay=constant"]) == 0
+                 "optim.decay=constant", "train.threads=1"]) == 0
     valid = [json.loads(line) for line in (exp / "log" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "valid"]
     assert valid[0]["cer"] >= 0.5
@@ -502,7 +494,7 @@ def test_the_schedule_keeps_its_shape_when_the_world_size_changes(lr_scaling):
 TOY = ["features.num_mel_bins=23", "model.hidden=64", "model.layers=2", "model.conv_channels=8", "model.subsample=2",
        "model.dropout=0", "specaug.freq_masks=0", "specaug.time_masks=0", "data.max_duration=12",
        "data.num_workers=0", "data.min_utt_duration=0", "train.log_every=50", "train.seed=0",
-       "optim.warmup_steps=20", "optim.lr=3e-3", "optim.decay=constant"]
+       "optim.warmup_steps=20", "optim.lr=3e-3", "optim.decay=constant", "train.threads=1"]
 
 
 def greedy_wer(exp: Path, manifest: Path, name: str) -> float:
@@ -541,3 +533,15 @@ def test_fine_tuning_on_a_new_speaker_lowers_its_wer(tmp_path, capsys):
     assert main(["train", "--init-from", str(base), "--reinit-head", "--train", str(odd), "--valid", str(new_valid),
                  "--exp", str(tmp_path / "odd2"), *TOY, "train.epochs=1"]) == 0
     assert "D" in Tokenizer.load(tmp_path / "odd2" / "tokens.txt").to_list()
+
+
+@pytest.mark.parametrize(("cores", "local_world", "workers", "expected"),
+                         [(2, 1, 1, 1), (2, 1, 0, 2), (16, 8, 1, 1), (16, 2, 2, 6), (1, 1, 3, 1)])
+def test_default_threads_never_ask_for_more_than_the_cores(monkeypatch, cores, local_world, workers, expected):
+    """train.threads=0: the process's threads plus its loader workers (one thread each) fit the
+    cores it may use, shared by the node's processes."""
+    from asr.runtime import fitting_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    assert fitting_threads(workers) == expected
