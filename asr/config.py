@@ -73,79 +73,83 @@ def _convert(value: Any, tp, key: str, where: str, base: Any = None) -> Any:
     nested dataclasses (starting from `base`, the field's default, when given). Booleans are
     never accepted as numbers, nor numbers as booleans.
     """
-
-    def bad() -> ConfigError:
-        return ConfigError(
-            f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
-
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
             return value
-        raise bad()
+        raise _mismatch(value, tp, key, where)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise bad()
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, where)
-            except ConfigError:
-                continue
-        raise bad()
+        return _convert_union(value, tp, key, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise bad()
+            raise _mismatch(value, tp, key, where)
         return from_dict(tp, value, where=where, prefix=f"{key}.", base=base)
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        args = typing.get_args(tp)
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(
-                    f"{where}: key '{key}' expects {len(args)} values ({_type_name(tp)}), got {value!r}"
-                )
-            items = [_convert(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item_tp = args[0] if args else Any
-            items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(value, tp, key, where)
     if origin is dict:
         if not isinstance(value, dict):
-            raise bad()
+            raise _mismatch(value, tp, key, where)
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad()
+    return _convert_scalar(value, tp, key, where)
+
+
+def _mismatch(value: Any, tp, key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _convert_union(value: Any, tp, key: str, where: str) -> Any:
+    """The first member of the union `tp` that `value` converts to (None only for an Optional)."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _mismatch(value, tp, key, where)
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key, where)
+        except ConfigError:
+            continue
+    raise _mismatch(value, tp, key, where)
+
+
+def _convert_sequence(value: Any, tp, key: str, where: str) -> tuple | list:
+    """A list or tuple field: fixed-length tuples check their length, items are converted."""
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(value, tp, key, where)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: key '{key}' expects {len(args)} values ({_type_name(tp)}), got {value!r}")
+        items = [_convert(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _convert_scalar(value: Any, tp, key: str, where: str) -> Any:
+    """bool, int, float, str or another plain type; never a bool for a number or a number for a bool."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         # PyYAML reads "1e-3" (no dot) as a string; accept it where a float is expected.
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
             return float(value)
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
-    if isinstance(tp, type) and isinstance(value, tp):
+    if tp is str and isinstance(value, str):
         return value
-    raise bad()
+    if tp not in (bool, int, float, str) and isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise _mismatch(value, tp, key, where)
 
 
 def _unknown_key(cls, key: str, name: str, where: str) -> ConfigError:
