@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import asr, torch, torchaudio" || { echo "package install failed" >&2; exit 1; }
 	@touch $(STAMP)
 
-# The synthesisers of `asr synth` (asr/data/synthetic.py ENGINE_PACKAGES) and the voices it uses.
-SYNTH_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# The synthesisers of `asr synth` (asr/data/synthetic.py ENGINE_PACKAGES) and the voices it uses,
+# and fortunes: English text other than the grammar (asr/data/synthetic.py FORTUNE_FILES).
+SYNTH_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+                  fortunes
 
 espeak:
 	@missing=$$(for p in $(SYNTH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \

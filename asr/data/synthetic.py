@@ -111,6 +111,15 @@ TEST_FAMILIES = ("ked", "slt")
 ENGINE_PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite",
                    "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"}
 
+# English text other than the grammar, offline: Debian's `fortunes` and `fortunes-min` packages
+# (fortune cookies: quotations, jokes, verse; about 12,700 sentences of 3-30 words from these
+# files through `read_text_file(path, "prose")`, 14,000 distinct words). Files of code, jargon,
+# ASCII art and the like are left out.
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+FORTUNE_FILES = ("art", "education", "food", "fortunes", "humorists", "kids", "law", "literature",
+                 "love", "miscellaneous", "people", "pets", "platitudes", "politics", "science",
+                 "sports", "wisdom", "work")
+
 # Estimated seconds of speech per character of text at 175 words per minute (measured on the
 # grammar's sentences), used only to turn --hours-train into a number of utterances.
 _SECONDS_PER_CHAR_AT_175 = 0.051
@@ -219,7 +228,7 @@ class CorpusSummary:
     splits: tuple[SplitSummary, ...]
     seconds_written: float  # audio seconds synthesised by this call
     wall_seconds: float  # time this call took
-    text_lines_skipped: int = 0  # lines of --text dropped (digits or letters outside A-Z)
+    text_lines_skipped: int = 0  # lines (or prose sentences) of --text dropped, see read_text_file
 
     @property
     def realtime_factor(self) -> float:
@@ -237,8 +246,8 @@ class CorpusSummary:
             lines.append(f"synthesised {self.seconds_written / 60:.1f} min of audio in "
                          f"{self.wall_seconds:.1f} s ({self.realtime_factor:.0f}x real time)")
         if self.text_lines_skipped:
-            lines.append(f"skipped {self.text_lines_skipped} text lines with digits or letters "
-                         "outside A-Z")
+            lines.append(f"skipped {self.text_lines_skipped} text lines or sentences (digits, "
+                         "letters outside A-Z, or prose outside 3-30 words)")
         lines.append(f"corpus: {self.out_dir}")
         return "\n".join(lines)
 

@@ -64,7 +64,7 @@ need 6 1 $manifests/dev.jsonl $manifests/test.jsonl
 need 6 3 $lm
 need 8 3 $lm
 
-if stage 0 "synthesise the corpus (espeak-ng)"; then
+if stage 0 "synthesise the corpus (espeak-ng, flite, festival; test voices unheard in train)"; then
   run asr synth --out $corpus --train-utts "$train_utts" --dev-utts "$dev_utts" \
     --test-utts "$test_utts" --seed "$seed" --num-workers "$nj"
 fi
