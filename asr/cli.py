@@ -447,7 +447,10 @@ def _add_transcribe(sub) -> None:
         "libsndfile reads (WAV, FLAC, OGG, MP3, ...) and, through FFmpeg, M4A/MP4/AAC, WebM/MKV, Opus, "
         "WMA and the audio track of a video. Memory is bounded by the chunk, not the file. A missing "
         "input stops before anything is transcribed (exit 1); a file that cannot be decoded is reported, "
-        "skipped, and makes the exit status 1 once the others are done.")
+        "skipped, and makes the exit status 1 once the others are done. With a calibrated checkpoint "
+        "(asr calibrate --model CKPT --manifest dev.jsonl), a file whose audio is unlike the model's training "
+        "data gets one warning line on stderr and \"out_of_domain\": true in the JSON output; an uncalibrated "
+        "checkpoint checks nothing (\"out_of_domain\": null).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio files, folders (searched recursively; files neither reader opens are listed "
                    "as skipped), glob patterns, or - for audio on standard input")
@@ -494,9 +497,57 @@ def _run_transcribe(args) -> int:
                                skip_existing=args.skip_existing)
     where = f" -> {args.output_dir}" if args.output_dir else ""
     print(f"transcribed {summary.done} file(s), {summary.audio_s:.1f} s of audio{where}"
+          + (f"; {len(summary.flagged)} unlike the training data" if summary.flagged else "")
           + (f"; {summary.skipped} skipped (output exists)" if summary.skipped else "")
           + (f"; {len(summary.failed)} failed" if summary.failed else ""), file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+# --- calibrate -------------------------------------------------------------------------------
+def _add_calibrate(sub) -> None:
+    from asr.calibrate import DEFAULT_MARGIN, DEFAULT_PERCENTILE, DEFAULT_STATISTICS, STATISTICS
+
+    p = sub.add_parser(
+        "calibrate", help="store in a checkpoint how its own dev set looks, so transcribe can flag unlike audio",
+        description="Run the model over its dev manifest as asr transcribe would (same chunking), and store "
+        "in the checkpoint the dev distribution of statistics of its posteriors and the thresholds beyond "
+        "which asr transcribe warns that a file is unlike the training data: for each statistic, the dev "
+        "set's PERCENTILE-th (or 100-PERCENTILE-th) percentile, moved MARGIN x |median - percentile| "
+        "further out; any one broken flags the file. Every other key of the checkpoint is kept; it is "
+        "written atomically (in place unless --out). Calibrating again replaces the calibration.")
+    p.add_argument("--model", required=True,
+                   help="checkpoint .pt or experiment folder (avg-*.pt, else best.pt, else last.pt)")
+    p.add_argument("--manifest", required=True, help="the model's dev manifest (never its training data)")
+    p.add_argument("--out", help="write the calibrated checkpoint here (default: in place)")
+    p.add_argument("--statistics", type=_names, default=list(DEFAULT_STATISTICS),
+                   help=f"comma-separated, from {', '.join(STATISTICS)} (default {','.join(DEFAULT_STATISTICS)}: "
+                   "word confidence too low, entropy too high, blank ratio too low or too high)")
+    p.add_argument("--percentile", type=positive_float, default=DEFAULT_PERCENTILE,
+                   help=f"the dev tail each threshold starts from, percent (default {DEFAULT_PERCENTILE:g})")
+    p.add_argument("--margin", type=_non_negative_float, default=DEFAULT_MARGIN,
+                   help=f"how far past that percentile, in units of (median - percentile) (default {DEFAULT_MARGIN:g})")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _run_calibrate(args) -> int:
+    from asr.calibrate import calibrate_checkpoint, describe
+    from asr.checkpoint import resolve_checkpoint
+    from asr.device import resolve_device
+
+    _check_outputs(files=[args.out or resolve_checkpoint(args.model)])
+    out, calibration = calibrate_checkpoint(args.model, args.manifest, args.out, args.statistics, args.percentile,
+                                            args.margin, device=resolve_device(args.device))
+    print(f"{out}: {describe(calibration)}")
+    return 0
 
 
 # --- export / align ---------------------------------------------------------------------------
@@ -705,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="RNN-CTC speech recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_synth, _add_train, _add_decode, _add_score, _add_compare, _add_results,
-                _add_transcribe, _add_export, _add_align, _add_lm, _add_stats, _add_average, _add_download):
+                _add_transcribe, _add_calibrate, _add_export, _add_align, _add_lm, _add_stats, _add_average,
+                _add_download):
         add(sub)
     return parser
 

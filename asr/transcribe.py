@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from asr.audio import SAMPLE_RATE, audio_info, load_audio, resample, stream_audio
+from asr.calibrate import DomainCheck, PosteriorStats, check_domain, pool, posterior_stats
 from asr.decode import DecodingOptions, build_decoder
 from asr.errors import AsrError, AudioError
 from asr.features import num_frames
@@ -84,6 +85,11 @@ class Word:
     confidence: float  # in [0, 1]; see the module docstring
 
 
+# One recognised chunk: (start in seconds, its words with times from the chunk's start, the
+# posterior statistics of its frames and words).
+ChunkResult = tuple[float, list[Word], PosteriorStats]
+
+
 @dataclass(frozen=True)
 class Transcript:
     """The recognised text of one recording."""
@@ -91,11 +97,23 @@ class Transcript:
     text: str  # the words separated by single spaces
     words: list[Word] = field(default_factory=list)  # in order of time
     duration: float = 0.0  # length of the audio (seconds)
+    # The model's posteriors judged against its calibration (`asr.calibrate`); None: the checkpoint
+    # is not calibrated (or this transcript was built by hand).
+    domain: DomainCheck | None = None
+    # The file's pooled posterior statistics (what `domain` judged; `asr calibrate` reads them);
+    # not part of the JSON output.
+    posteriors: PosteriorStats | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def out_of_domain(self) -> bool | None:
+        """True when the audio is unlike the model's training data; None when not checked."""
+        return None if self.domain is None else self.domain.out_of_domain
 
     def to_dict(self) -> dict:
         """Plain values for JSON: text, duration, words (word, start, end, confidence; all of
-        them, as this output always had) and segments (`segment_words`: start, end, text and
-        their words); seconds rounded to milliseconds."""
+        them, as this output always had), segments (`segment_words`: start, end, text and
+        their words), out_of_domain (true/false, null when the checkpoint is not calibrated) and,
+        when checked, domain (`DomainCheck.to_dict`); seconds rounded to milliseconds."""
         def word(w: Word) -> dict:
             return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
                     "confidence": round(w.confidence, 4)}
@@ -109,13 +127,17 @@ class Transcript:
                  "text": " ".join(w.word for w in segment), "words": [word(w) for w in segment]}
                 for segment in segment_words(self.words)
             ],
+            "out_of_domain": self.out_of_domain,
+            **({"domain": self.domain.to_dict()} if self.domain is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, payload: dict) -> "Transcript":
         """The inverse of `to_dict` (times as rounded there)."""
         words = [Word(w["word"], w["start"], w["end"], w["confidence"]) for w in payload["words"]]
-        return cls(payload["text"], words, payload["duration"])
+        domain = payload.get("domain")
+        domain = DomainCheck.from_dict(domain, payload["out_of_domain"]) if domain is not None else None
+        return cls(payload["text"], words, payload["duration"], domain)
 
 
 # --- silence splitting ------------------------------------------------------------------------
@@ -571,6 +593,8 @@ class Transcriber:
         self.sample_rate = int(inference_model.feature_config.sample_rate)
         self.seconds_per_frame = float(inference_model.seconds_per_frame)
         self.token_strings = list(inference_model.tokenizer.tokens)
+        # The checkpoint's "calibration" (`asr calibrate`): None leaves files unchecked.
+        self.calibration = (getattr(inference_model, "checkpoint", None) or {}).get("calibration")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
@@ -620,7 +644,7 @@ class Transcriber:
             samples += block.shape[0]
         chunks = [chunk for chunk in chunk_intervals(meter.finish(), samples, self.chunking, self.sample_rate)
                   if self._usable(*chunk)]
-        pieces: list[tuple[float, list[Word]]] = []
+        pieces: list[ChunkResult] = []
         windows = (((start, wave), wave.shape[0] / self.sample_rate) for start, wave in cut_chunks(blocks(), chunks))
         for window in group_by_duration(windows, self.chunking.batch_s):
             pieces.extend(self._recognise_chunks(window))
@@ -656,44 +680,52 @@ class Transcriber:
             for start, end in split_on_silence(waveform.numpy(), self.chunking, self.sample_rate):
                 if self._usable(start, end):
                     chunks.append((source, start, waveform[start:end]))
-        chunk_words: list[list[tuple[float, list[Word]]]] = [[] for _ in waveforms]
-        for (source, _, _), words in zip(chunks, self._recognise_chunks([(s, w) for _, s, w in chunks])):
-            chunk_words[source].append(words)
-        return [self._transcript(pieces, waveform.shape[0]) for waveform, pieces in zip(waveforms, chunk_words)]
+        chunk_results: list[list[ChunkResult]] = [[] for _ in waveforms]
+        for (source, _, _), piece in zip(chunks, self._recognise_chunks([(s, w) for _, s, w in chunks])):
+            chunk_results[source].append(piece)
+        return [self._transcript(pieces, waveform.shape[0]) for waveform, pieces in zip(waveforms, chunk_results)]
 
     def _usable(self, start: int, end: int) -> bool:
         # A chunk shorter than one feature frame (only in a file that short) gives the model nothing.
         return num_frames(end - start, self.feature_config) > 0
 
-    def _transcript(self, chunk_words: list[tuple[float, list[Word]]], samples: int) -> Transcript:
+    def _transcript(self, pieces: list[ChunkResult], samples: int) -> Transcript:
+        """A file's transcript from its chunks: words stitched in time, posterior statistics
+        pooled over the chunks and judged against the calibration."""
         duration = samples / self.sample_rate
-        words = stitch(chunk_words, duration)
-        return Transcript(" ".join(w.word for w in words), words, duration)
+        words = stitch([(start, chunk_words) for start, chunk_words, _ in pieces], duration)
+        stats = pool(chunk_stats for _, _, chunk_stats in pieces)
+        return Transcript(" ".join(w.word for w in words), words, duration, check_domain(stats, self.calibration),
+                          stats)
 
-    def _recognise_chunks(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> list[tuple[float, list[Word]]]:
-        """(start sample, samples) chunks -> (start seconds, words) per chunk, in the same order;
-        batched by length (`batch_chunks`), at most `batch_s` seconds of padded audio a batch."""
+    def _recognise_chunks(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> list[ChunkResult]:
+        """(start sample, samples) chunks -> (start seconds, words, posterior statistics) per
+        chunk, in the same order; batched by length (`batch_chunks`), at most `batch_s` seconds of
+        padded audio a batch."""
         lengths = [wave.shape[0] for _, wave in chunks]
-        results: list[tuple[float, list[Word]]] = [(0.0, [])] * len(chunks)
+        results: list[ChunkResult] = [(0.0, [], PosteriorStats())] * len(chunks)
         for batch in batch_chunks(lengths, int(self.chunking.batch_s * self.sample_rate)):
             waves = torch.zeros(len(batch), lengths[batch[0]])
             for row, index in enumerate(batch):
                 waves[row, : lengths[index]] = chunks[index][1]
             wave_lengths = torch.tensor([lengths[i] for i in batch], dtype=torch.long)
-            for index, words in zip(batch, self._recognise(waves, wave_lengths)):
-                results[index] = (chunks[index][0] / self.sample_rate, words)
+            for index, (words, stats) in zip(batch, self._recognise(waves, wave_lengths)):
+                results[index] = (chunks[index][0] / self.sample_rate, words, stats)
         return results
 
     @torch.inference_mode()
-    def _recognise(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> list[list[Word]]:
-        """One batch of chunks (B, samples) -> words per chunk, times from each chunk's start."""
+    def _recognise(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> list[tuple[list[Word], PosteriorStats]]:
+        """One batch of chunks (B, samples) -> (words, posterior statistics) per chunk, times from
+        each chunk's start."""
         log_probs, out_lengths = self.inference(waves, wave_lengths)  # (B, T, V) on cpu, (B,)
         log_probs, out_lengths = log_probs.float().cpu(), out_lengths.cpu()
         hypotheses = self.decoder.decode(log_probs, out_lengths)
-        return [
-            hypothesis_words(hyp, self.token_strings, self.seconds_per_frame, log_probs[b, : int(out_lengths[b])])
-            for b, hyp in enumerate(hypotheses)
-        ]
+        out = []
+        stats = posterior_stats(log_probs, out_lengths, self.token_strings)
+        for b, hyp in enumerate(hypotheses):
+            frames = log_probs[b, : int(out_lengths[b])]
+            out.append((hypothesis_words(hyp, self.token_strings, self.seconds_per_frame, frames), stats[b]))
+        return out
 
 
 def group_by_duration(items: Iterable[tuple[T, float]], batch_s: float) -> Iterator[list[T]]:
@@ -721,6 +753,7 @@ class TranscribeSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, error message)
     audio_s: float = 0.0  # seconds of audio transcribed
     skipped: int = 0  # files left alone because their output exists (skip_existing)
+    flagged: list[str] = field(default_factory=list)  # files whose audio is unlike the training data
 
 
 def transcribe_files(transcriber: Transcriber, inputs: Sequence[str] | Sequence[AudioInput],
@@ -741,9 +774,11 @@ def transcribe_files(transcriber: Transcriber, inputs: Sequence[str] | Sequence[
 
     A missing input, a pattern matching nothing or a folder without audio raises AsrError before
     anything is transcribed. A file that cannot be decoded is reported on `errors` (one line
-    naming it) and skipped; the caller sees it in `summary.failed`. Short files are read and
-    transcribed in groups of about `chunking.batch_s` seconds (shared model batches); a file
-    longer than `chunking.read_block_s` streams (`Transcriber.transcribe_file`).
+    naming it) and skipped; the caller sees it in `summary.failed`. A file whose audio is unlike
+    the model's training data (a calibrated checkpoint, `asr.calibrate`) gets one warning line on
+    `errors` and is listed in `summary.flagged`. Short files are read and transcribed in groups
+    of about `chunking.batch_s` seconds (shared model batches); a file longer than
+    `chunking.read_block_s` streams (`Transcriber.transcribe_file`).
     """
     import sys
 
@@ -757,7 +792,8 @@ def transcribe_files(transcriber: Transcriber, inputs: Sequence[str] | Sequence[
     if skip_existing:
         pending = [item for item in items if not _output_path(output_dir, item, output_format).exists()]
         summary.skipped, items = len(items) - len(pending), pending
-    write = _writer(summary, output_format, output_dir, sys.stdout if stream is None else stream, len(items) > 1)
+    write = _writer(summary, output_format, output_dir, sys.stdout if stream is None else stream, len(items) > 1,
+                    errors)
     with _sources(items, stdin) as source:
         def fail(item: AudioInput, error: AsrError) -> None:
             message = str(error).replace(str(source(item)), str(item.path))  # stdin's copy is named "-"
@@ -773,13 +809,17 @@ def _output_path(output_dir: str | os.PathLike, item: AudioInput, output_format:
     return Path(output_dir) / item.name.with_name(item.name.name + OUTPUT_EXTENSIONS[output_format])
 
 
-def _writer(summary: TranscribeSummary, output_format: str, output_dir, stream, several: bool):
-    """write(item, transcript): one result to its file in `output_dir`, else to `stream`."""
+def _writer(summary: TranscribeSummary, output_format: str, output_dir, stream, several: bool, errors):
+    """write(item, transcript): one result to its file in `output_dir`, else to `stream`; a file
+    out of domain (`Transcript.domain`) also gets its warning line on `errors`."""
     from asr.fileio import atomic_write_text
 
     def write(item: AudioInput, transcript: Transcript) -> None:
         summary.done += 1
         summary.audio_s += transcript.duration
+        if transcript.out_of_domain:
+            summary.flagged.append(str(item.path))
+            print(transcript.domain.warning(str(item.path)), file=errors, flush=True)
         body = format_transcript(transcript, output_format, audio=str(item.path), recording=item.name.as_posix())
         if output_dir is not None:
             atomic_write_text(_output_path(output_dir, item, output_format), body)
