@@ -41,7 +41,6 @@ from asr.errors import AsrError, AudioError
 ALIGNMENTS_NAME = "alignments.jsonl"
 CTM_NAME = "alignments.ctm"
 FAILED_NAME = "failed.txt"
-CTM_CHANNEL = "1"  # sclite's channel field; one channel per utterance here
 BATCH_S = 160.0  # padded audio per model batch (seconds), as `asr.transcribe.ChunkingConfig.batch_s`
 
 
@@ -229,13 +228,11 @@ def _align_group(inference, records: Sequence[dict], batch_s: float) -> list[Ali
 def to_ctm(alignments: Sequence[Alignment]) -> str:
     """sclite CTM lines `<file> <channel> <start> <duration> <word> <confidence>` for every word,
     sorted by file (utterance id) then start time, as sclite expects; times in seconds (3 decimals)."""
-    rows = []
-    for alignment in alignments:
-        for w in alignment.words:
-            rows.append((alignment.id, w.word.start, w.word.end - w.word.start, w.word.text, w.word.confidence))
-    rows.sort(key=lambda row: (row[0], row[1]))
-    return "".join(f"{utt} {CTM_CHANNEL} {start:.3f} {duration:.3f} {word} {conf:.4f}\n"
-                   for utt, start, duration, word, conf in rows)
+    from asr.score import format_ctm
+
+    rows = [(alignment.id, w.word.start, w.word.end, w.word.text, w.word.confidence)
+            for alignment in alignments for w in alignment.words]
+    return format_ctm(sorted(rows, key=lambda row: (row[0], row[1])))
 
 
 def write_alignments(summary: AlignSummary, out_dir: str | os.PathLike) -> dict[str, Path]:

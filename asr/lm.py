@@ -39,12 +39,11 @@ from typing import IO, Iterable, Iterator, Sequence
 
 from asr.errors import ConfigError, DataError
 from asr.fileio import atomic_open
-from asr.text import normalize_text
+from asr.text import SPACE, normalize_text
 
 MAX_ORDER = 5  # kaldingram trains orders 1..5
 MAX_DISCOUNT = 0.9  # cap on the Kneser-Ney discount (it reaches 1 on tiny corpora; see _build_lm)
 SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>", "<UNK>"})  # ARPA markers, never spelled out
-SPACE_TOKEN = "|"  # word separator token (asr.text.SPACE)
 
 
 @dataclass(frozen=True)
@@ -375,7 +374,7 @@ def build_lexicon(words: Iterable[str], tokens: Sequence[str]) -> Lexicon:
         words: the LM's vocabulary (e.g. `read_arpa_vocabulary(path)`).
         tokens: the tokenizer's token list (`Tokenizer.tokens`).
     """
-    known = set(tokens[1:]) - {SPACE_TOKEN}
+    known = set(tokens[1:]) - {SPACE}
     spellings: dict[str, list[str]] = {}
     skipped: Counter[str] = Counter()
     skipped_words = 0
@@ -387,5 +386,5 @@ def build_lexicon(words: Iterable[str], tokens: Sequence[str]) -> Lexicon:
             skipped_words += 1
             skipped.update(missing)
             continue
-        spellings[word] = [*word, SPACE_TOKEN]
+        spellings[word] = [*word, SPACE]
     return Lexicon(spellings, dict(skipped), skipped_words)

@@ -33,7 +33,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jiwer
 import numpy as np
@@ -406,6 +406,16 @@ def read_stm(path: str | os.PathLike) -> list[StmSegment]:
             _check_plain_words(path, line_no, text)
         segments.append(StmSegment(fields[0], fields[1], fields[2], begin, end, text, line_no))
     return segments
+
+
+CTM_CHANNEL = "1"  # the channel field of the CTM files we write (one channel per recording)
+
+
+def format_ctm(words: Iterable[tuple[str, float, float, str, float]]) -> str:
+    """sclite CTM lines `<file> <channel> <start> <duration> <word> <confidence>` of (file,
+    start s, end s, word, confidence) tuples, in the order given; times to the millisecond."""
+    return "".join(f"{file} {CTM_CHANNEL} {start:.3f} {end - start:.3f} {word} {confidence:.4f}\n"
+                   for file, start, end, word, confidence in words)
 
 
 def read_ctm(path: str | os.PathLike) -> list[CtmWord]:

@@ -47,7 +47,6 @@ from asr.features import num_frames
 
 OUTPUT_FORMATS = ("text", "json", "srt", "vtt", "tsv", "ctm")
 OUTPUT_EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt", "tsv": ".tsv", "ctm": ".ctm"}
-CTM_CHANNEL = "1"  # sclite's channel field: one channel per file (channels are averaged)
 STDIN = "-"  # the input name that reads audio from standard input
 _GLOB_CHARS = frozenset("*?[")
 T = TypeVar("T")
@@ -469,9 +468,10 @@ def to_tsv(transcript: Transcript, **segment_options) -> str:
 def to_ctm(transcript: Transcript, recording: str) -> str:
     """sclite CTM lines `<file> <channel> <start> <duration> <word> <confidence>`, one per word,
     times in seconds; `recording` is the file field (whitespace becomes `_`)."""
+    from asr.score import format_ctm
+
     name = "_".join(recording.split()) or "audio"
-    return "".join(f"{name} {CTM_CHANNEL} {w.start:.3f} {w.end - w.start:.3f} {w.word} {w.confidence:.4f}\n"
-                   for w in transcript.words)
+    return format_ctm((name, w.start, w.end, w.word, w.confidence) for w in transcript.words)
 
 
 def format_transcript(transcript: Transcript, output_format: str, audio: str | None = None,
