@@ -1,6 +1,7 @@
 """The out-of-domain flag: posterior statistics against hand computations, the calibration rule,
 the JSON field, and a tone model (tests/test_train.py's toy task, ~10 s of training) calibrated
-on its own dev set that flags noise and tones at other pitches but not held-out tone utterances.
+on its own dev set that flags noise and tones outside the trained band but not held-out tone
+utterances.
 """
 
 from __future__ import annotations

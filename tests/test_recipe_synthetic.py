@@ -133,7 +133,7 @@ def test_dry_run_prints_every_stage_and_writes_nothing(tmp_path):
         assert f"stage {n}:" in proc.stdout
     commands = [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
     verbs = [argv[1] for argv in commands]
-    assert verbs == ["synth", *["prepare"] * 3, "stats", "lm", "train", "average", *["decode"] * 4,
+    assert verbs == ["synth", *["prepare"] * 3, "stats", "lm", "train", "average", "calibrate", *["decode"] * 4,
                      "results", "transcribe"]
     parser = build_parser()
     for argv in commands:

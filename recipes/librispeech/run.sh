@@ -44,8 +44,9 @@
 #   --rdzv-endpoint HOST:PORT    torchrun's c10d rendezvous instead (the same command on every node) []
 #
 # Stages: 0 download, 1 manifests (one per split, one combined training manifest), 2 tokens and
-#         CMVN, 3 LM, 4 train, 5 average, 6 decode (the first dev set tunes the LM weights, the
-#         other sets reuse them), 7 RESULTS.md.
+#         CMVN, 3 LM, 4 train, 5 average (and calibrate the average on the first dev set, so that
+#         asr transcribe flags audio unlike the training data), 6 decode (the first dev set tunes the
+#         LM weights, the other sets reuse them), 7 RESULTS.md.
 # Before any stage runs (--dry-run too), the config, --avg against train.keep_last, and the
 # manifests, corpus folders and LMs that the stages in range need (and no earlier stage in range
 # makes) are checked; a problem is one line and exit 1.
@@ -126,6 +127,7 @@ done
 need 2 1 "$manifests/$train_name.combined.jsonl"
 [ "$lm_source" = official ] || need 3 1 "$manifests/$train_name.combined.jsonl"
 need 4 1 "$manifests/$train_name.combined.jsonl" "$valid_manifest"
+need 5 1 "$valid_manifest"
 for split in "${eval_list[@]}"; do need 6 1 "$manifests/$split.jsonl"; done
 if [ "$lm_source" = official ]; then need 6 3 "$lm" "$lexicon" ${final_lm_file:+"data/lm/$final_lm_file"}
 else need 6 3 "$lm"; fi
@@ -175,8 +177,9 @@ if stage 4 "train $(basename "$config") on $train_sets ($((ngpu * nnodes)) proce
       --exp $exp $train_args
 fi
 
-if stage 5 "average the last $avg checkpoints"; then
+if stage 5 "average the last $avg checkpoints; calibrate the average on $first_dev"; then
   run asr average --exp $exp --last "$avg"
+  run asr calibrate --model $exp/checkpoints/avg-$avg.pt --manifest "$valid_manifest"
 fi
 
 if stage 6 "decode ${eval_list[*]}: greedy, beam, beam + LM (weights tuned on $first_dev)"; then

@@ -19,7 +19,8 @@
 #   --work-dir DIR               where data/, exp/ and RESULTS.md go [this recipe's folder]
 #   --train-args "k=v ..."       extra config overrides for training []
 #
-# Stages: 0 synthesise, 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average,
+# Stages: 0 synthesise, 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average (and
+#         calibrate the average on dev, so that asr transcribe flags audio unlike the training data),
 #         6 decode greedy and beam + LM (dev tunes the LM weights, test reuses them), 7 RESULTS.md, 8 transcribe a file.
 # Before any stage runs (--dry-run too), the config, --avg against train.keep_last, and the corpus,
 # manifests and LM that the stages in range need (and no earlier stage in range makes) are
@@ -60,6 +61,7 @@ for split in train dev test; do need 1 0 "$corpus/$split"; done
 need 2 1 $manifests/train.jsonl
 need 3 1 $manifests/train.jsonl
 need 4 1 $manifests/train.jsonl $manifests/dev.jsonl
+need 5 1 $manifests/dev.jsonl
 need 6 1 $manifests/dev.jsonl $manifests/test.jsonl
 need 6 3 $lm
 need 8 3 $lm
@@ -94,8 +96,9 @@ if stage 4 "train $(basename "$config")"; then
       --exp $exp $train_args
 fi
 
-if stage 5 "average the last $avg checkpoints"; then
+if stage 5 "average the last $avg checkpoints; calibrate the average on dev"; then
   run asr average --exp $exp --last "$avg"
+  run asr calibrate --model $exp/checkpoints/avg-$avg.pt --manifest $manifests/dev.jsonl
 fi
 
 if stage 6 "decode dev and test: greedy, and beam + LM (LM weight and word score tuned on dev)"; then
