@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from asr.augment import GainConfig, NarrowbandConfig, NoiseConfig, ReverbConfig, SpecAugmentConfig, SpeedConfig
 from asr.config import load_config
@@ -174,14 +173,7 @@ def load_experiment_config(path: str | os.PathLike | None, overrides: Sequence[s
 
 
 # --- CTC feasibility -------------------------------------------------------------------------
-def ctc_min_frames(targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """Fewest output frames CTC needs per utterance: tokens + adjacent repeats (each repeat
-    needs a blank between its two copies). targets (B, S) padded, target_lengths (B,) -> (B,)."""
-    if targets.size(1) < 2:
-        return target_lengths.clone()
-    positions = torch.arange(1, targets.size(1), device=targets.device)
-    repeats = (targets[:, 1:] == targets[:, :-1]) & (positions[None, :] < target_lengths[:, None])
-    return target_lengths + repeats.sum(dim=1)
+
 
 
 def select_utterances(records: Sequence[dict] | Records, tokenizer: Tokenizer, model_config: ModelConfig,

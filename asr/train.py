@@ -54,13 +54,13 @@ from asr.experiment import (
     InitFrom,
     OptimConfig,
     TrainConfig,
-    ctc_min_frames,
     prepare_experiment,
     read_records,
     select_utterances,
 )
 from asr.fileio import atomic_write_text
 from asr.frontend import Frontend
+from asr.lengths import ctc_min_frames
 from asr.logs import MetricsLog, plot_curves, training_logs
 from asr.model import ModelConfig, build_model, count_parameters
 from asr.runtime import (

@@ -12,8 +12,8 @@ from asr.data.dataset import AudioDataset, Batch, Records, as_records, collate, 
 from asr.data.manifest import read_manifest
 from asr.data.sampler import BucketingBatchSampler
 from asr.errors import DataError
-from asr.experiment import ctc_min_frames
 from asr.fileio import read_text
+from asr.lengths import ctc_min_frames
 from asr.text import Tokenizer
 
 

@@ -23,8 +23,9 @@ from asr.checkpoint import load_checkpoint
 from asr.cli import main
 from asr.config import load_config
 from asr.data.dataset import collate
-from asr.experiment import ExperimentConfig, ctc_min_frames, load_experiment_config
+from asr.experiment import ExperimentConfig, load_experiment_config
 from asr.inference import InferenceModel
+from asr.lengths import ctc_min_frames
 from asr.text import Tokenizer
 from asr.train import build_optimizer, learning_rate
 

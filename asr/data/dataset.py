@@ -244,14 +244,14 @@ class Records:
     def ctc_labels(self) -> np.ndarray:
         """(len,) int64 fewest CTC output frames each utterance needs (after `encode`): tokens plus
         adjacent repeats (a repeat needs a blank between its two copies), as
-        `asr.experiment.ctc_min_frames` counts them in a padded batch."""
+        `asr.lengths.ctc_labels` counts them (the loss applies the same rule to its batches)."""
+        from asr.lengths import ctc_labels
+
         labels = np.empty(len(self), dtype=np.int64)
         for start in range(0, len(self), _CHUNK_ROWS):
             flat, offsets = self._columns.tokens.ids.gather(self.rows[start:start + _CHUNK_ROWS])
-            repeats = np.zeros(len(flat) + 1, dtype=np.int64)
-            np.cumsum(flat[1:] == flat[:-1], out=repeats[2:])  # repeats[k]: repeats among flat[:k]
-            starts, ends = offsets[:-1], offsets[1:]
-            labels[start:start + len(starts)] = (ends - starts) + repeats[ends] - repeats[np.minimum(starts + 1, ends)]
+            counted = ctc_labels(torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(offsets.astype(np.int64)))
+            labels[start:start + len(offsets) - 1] = counted.numpy()
         return labels
 
     def text_lengths(self) -> np.ndarray:
