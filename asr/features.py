@@ -486,7 +486,9 @@ def compute_cmvn(
         total, total_sq, count, errors = cmvn_sums(records, config, batch_size, num_workers, device)
     for error in errors:
         log.warning("left out of the CMVN statistics: %s", error)
+    if count == 0 and errors:
+        raise AudioError(f"no readable audio among {len(records)} records: {errors[0]}"
+                         + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     if count == 0:
-        raise DataError(f"no feature frames in {len(records)} records: every file is shorter than one frame "
-                        "or cannot be read")
+        raise DataError(f"no feature frames in {len(records)} records: every file is shorter than one frame")
     return GlobalCMVN.from_stats(total, total_sq, count)
