@@ -64,7 +64,7 @@ from asr.experiment import load_experiment_config, select_utterances  # noqa: E4
 from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_cmvn, num_frames  # noqa: E402
 from asr.frontend import Frontend  # noqa: E402
 from asr.model import build_model, count_parameters  # noqa: E402
-from asr.runtime import Runtime, autocast_context, seed_everything  # noqa: E402
+from asr.runtime import Runtime, autocast_context, fitting_threads, seed_everything  # noqa: E402
 from asr.score import wer_cer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
 from asr.train import Schedule, build_optimizer, ctc_loss, make_schedule, optimizer_step, train_step  # noqa: E402
@@ -87,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=None, help="loader workers for both (default: data.num_workers)")
     p.add_argument("--baseline-batch-size", type=int, default=None,
                    help="utterances per baseline batch (default: floor(max_duration / longest utterance))")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: as asr train: train.threads, else what fits the cores)")
     p.add_argument("--only", choices=["ours", "baseline"], default=None, help="run one pipeline only")
     args = p.parse_args(argv)
     if (args.epochs is None) != (args.valid is None):
@@ -355,8 +356,10 @@ def print_table(results: list[Result], training: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config_for_threads = load_experiment_config(args.config, args.overrides)
+    workers = config_for_threads.data.num_workers if args.num_workers is None else args.num_workers
+    # as `asr train` sets them: train.threads, or when 0 what fits the cores beside the loader workers
+    torch.set_num_threads(args.threads or config_for_threads.train.threads or fitting_threads(workers))
     config = load_experiment_config(args.config, args.overrides)
     device_name = args.device or config.train.device
     if device_name == "auto":
