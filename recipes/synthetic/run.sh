@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline demo: synthesise a corpus with espeak-ng, train conf/demo.yaml on the CPU, decode
+# The offline demo: synthesise a corpus with espeak-ng, flite and festival, train conf/demo.yaml on the CPU, decode
 # the unseen-voice test split with greedy and beam + n-gram LM, score, write RESULTS.md, and
 # transcribe one test file with word times. Needs no download. Run from anywhere:
 #
