@@ -391,6 +391,6 @@ def stats(config: ExperimentConfig, train_manifest: str | os.PathLike, exp_dir: 
     prepared = prepare_experiment(config, read_records(train_manifest), exp_dir, cmvn_job=CmvnJob(jobs=jobs),
                                   source=str(train_manifest))
     return {"utterances": len(prepared.records), "kept": len(prepared.kept), "dropped": len(prepared.dropped),
-            "hours": sum(r["duration"] for r in prepared.kept) / 3600, "vocab_size": prepared.tokenizer.vocab_size,
+            "hours": float(prepared.kept.durations.sum()) / 3600, "vocab_size": prepared.tokenizer.vocab_size,
             "feature_dim": int(prepared.cmvn.mean.numel()), "tokens": str(exp_dir / "tokens.txt"),
             "cmvn": str(exp_dir / "cmvn.pt")}

@@ -529,16 +529,15 @@ class SkipUnreadable(torch.utils.data.Dataset):
     known to be bad: `known_bad`, set before the loader's workers start), so one bad file does not
     stop a long run."""
 
-    def __init__(self, dataset, ids: Sequence[str]) -> None:
-        self.dataset = dataset
-        self.ids = np.asarray(ids)  # a fixed-width array: workers read it without copying objects
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset  # an AudioDataset: its columnar records give each id without a copy
         self.known_bad: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        utt = str(self.ids[index])
+        utt = self.dataset.records.id(index)
         if utt in self.known_bad:
             return {"id": utt, "error": None}
         try:
@@ -605,15 +604,14 @@ def build_loaders(config: ExperimentConfig, tokenizer: Tokenizer, train_records:
     from asr.data.sampler import BucketingBatchSampler
 
     data, seed, pin = config.data, config.train.seed, runtime.device.type == "cuda"
-    train_set = SkipUnreadable(AudioDataset(train_records, tokenizer, sample_rate=config.features.sample_rate),
-                               [r["id"] for r in train_records])
+    train_set = SkipUnreadable(AudioDataset(train_records, tokenizer, sample_rate=config.features.sample_rate))
     sampler = BucketingBatchSampler(train_set.dataset.durations, data.max_duration, num_buckets=data.num_buckets,
                                     shuffle=True, seed=seed, rank=runtime.rank, world_size=runtime.world_size)
     valid_set = AudioDataset(valid_records, tokenizer, sample_rate=config.features.sample_rate)
     valid_batches = _valid_batches(valid_set.durations, data.max_duration, runtime)
     if valid_set.oov_report:
         log.warning("valid: %s", valid_set.oov_report)
-    valid_set = SkipUnreadable(valid_set, [r["id"] for r in valid_records])
+    valid_set = SkipUnreadable(valid_set)
     return (build_loader(train_set, sampler, data.num_workers, pin_memory=pin, seed=seed, collate_fn=collate_readable),
             build_loader(valid_set, valid_batches, min(data.num_workers, 2), pin_memory=pin, seed=seed,
                          collate_fn=collate_readable))
@@ -759,7 +757,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     log.info("model: %s, %.2f M parameters; train %d utterances (%.2f h), %d batches per epoch per rank; "
              "valid %d utterances", prepared.model_config, count_parameters(model) / 1e6, len(prepared.kept),
-             sum(r["duration"] for r in prepared.kept) / 3600, len(sampler), len(valid_records))
+             float(prepared.kept.durations.sum()) / 3600, len(sampler), len(valid_records))
     log.info(schedule.describe(runtime.world_size, config.data.max_duration))
     validator = Validator(model, frontend, valid_loader, _validation_decoder(prepared.tokenizer, model, config),
                           runtime, state, metrics, checkpoints)
