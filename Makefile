@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The synthesisers of `asr synth` (asr/data/synthetic.py ENGINE_PACKAGES) and the voices it uses,
-# and fortunes: English text other than the grammar (asr/data/synthetic.py FORTUNE_FILES).
+# WordNet's database: the demo's training text (asr/data/synthetic.py WORDNET_DIR); and fortunes:
+# English text for the generalisation benchmark's test (asr/data/synthetic.py FORTUNE_FILES).
 SYNTH_PACKAGES := espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-                  fortunes
+                  wordnet-base fortunes
 
 espeak:
 	@missing=$$(for p in $(SYNTH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \

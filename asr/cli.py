@@ -147,9 +147,12 @@ def _add_synth(sub) -> None:
     p.add_argument("--test-voices", type=positive_int, default=16, help="voices reserved for test (default 16)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds texts, voices and noise (default 0)")
     p.add_argument("--text", default=None, help="text file, one sentence a line, instead of the grammar")
-    p.add_argument("--text-format", choices=("lines", "prose"), default="lines",
+    p.add_argument("--text-format", choices=("lines", "prose", "wordnet"), default="lines",
                    help="--text holds one sentence a line (default), or prose: paragraphs or fortune "
-                        "files (entries between %% lines), cut into sentences")
+                        "files (entries between %% lines), cut into sentences, or is WordNet's folder "
+                        "(/usr/share/wordnet): its example sentences")
+    p.add_argument("--grammar-share", type=float, default=0.0,
+                   help="with --text: this share of the utterances reads the grammar instead (default 0)")
     p.add_argument("--engines", default="espeak-ng,flite,festival",
                    help="comma-separated synthesisers to use (default espeak-ng,flite,festival); without "
                         "flite and festival the test voices are unseen espeak-ng voices")
@@ -166,7 +169,8 @@ def _run_synth(args) -> int:
     config = synthetic.SynthConfig(
         seed=args.seed, dev_utts=args.dev_utts, test_utts=args.test_utts,
         train_utts=2000 if args.train_utts is None else args.train_utts, hours_train=args.hours_train,
-        text_file=args.text, text_format=args.text_format, dev_voices=args.dev_voices,
+        text_file=args.text, text_format=args.text_format, grammar_share=args.grammar_share,
+        dev_voices=args.dev_voices,
         test_voices=args.test_voices, augment=not args.no_augment,
         engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()))
     if args.voices:

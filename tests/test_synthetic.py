@@ -21,6 +21,7 @@ from asr.data.synthetic import (
     ENGINE_VOICES,
     ENGINES,
     ENGLISH_VARIANTS,
+    LM_TEXT,
     TEST_FAMILIES,
     VOICE_VARIANTS,
     SynthConfig,
@@ -28,6 +29,7 @@ from asr.data.synthetic import (
     Voice,
     engine_voice,
     generate_corpus,
+    lm_text,
     plan_corpus,
     prose_sentences,
     read_text_file,
@@ -97,10 +99,18 @@ def test_voice_splits_are_disjoint_and_train_covers_every_variant():
     unused = [v for v in voice_catalogue(config) if v.speaker not in ids["train"] | ids["dev"] | ids["test"]]
     assert unused and {v.family for v in unused} <= set(TEST_FAMILIES)  # never heard at all
     assert _espeak_parts(splits["train"]) == (set(ENGLISH_VARIANTS), set(VOICE_VARIANTS))
+    raised = collections.Counter()
     for voice in voice_catalogue(config):
         assert config.rate_range[0] <= voice.rate <= config.rate_range[1]
         if voice.engine != "espeak-ng":
-            assert config.warp_range[0] - 0.01 <= voice.warp <= config.warp_range[1] + 0.01
+            if voice.warp >= config.raised_warp_range[0] - 0.01:
+                raised[voice.engine, voice.name] += 1
+                assert voice.warp <= config.raised_warp_range[1] + 0.01
+            else:
+                assert config.warp_range[0] - 0.01 <= voice.warp <= config.warp_range[1] + 0.01
+    # raised voices: of each man's voice whose speaker train hears (kal, awb, rms), never of the test's
+    assert raised == {("flite", "kal16"): 3, ("flite", "awb"): 3, ("flite", "rms"): 3,
+                      ("festival", "kal_diphone"): 3}
     assert split_voices(SynthConfig(seed=6)) != splits
 
 
@@ -160,6 +170,62 @@ def test_plan_with_text_file_keeps_splits_apart(tmp_path):
         read_text_file(empty)
 
 
+WORDNET_LINES = [
+    "  1 This software and database is being provided to you, the LICENSEE, by",
+    '  2 Princeton University "AS IS" under the following license.',
+    '00001740 03 n 01 entity 0 000 | that which is perceived or known or inferred to have its own '
+    'distinct existence (living or nonliving)  ',
+    '00002137 03 n 02 abstraction 0 abstract_entity 0 000 | a general concept; "the team is a unit"; '
+    '"the oceans are teeming with life"  ',
+    '00003553 03 n 01 whole 0 000 | an assemblage of parts; "how big is that part compared to the whole?"  ',
+    '00004258 03 n 01 thing 0 000 | a separate part; "it was 2 feet long"; "the 3rd time"; "ok"  ',
+]
+
+
+def test_wordnet_examples_are_the_quoted_parts_of_glosses(tmp_path):
+    folder = tmp_path / "wordnet"
+    folder.mkdir()
+    for name in ("data.noun", "data.verb", "data.adj"):
+        (folder / name).write_text("\n".join(WORDNET_LINES) + "\n")
+    with pytest.raises(DataError, match=r"not a WordNet folder .*data\.adv"):
+        read_text_file(folder, "wordnet")
+    (folder / "data.adv").write_text("")
+    sentences, skipped = read_text_file(folder, "wordnet")
+    # the licence's "AS IS" is not an example; numbers are spelt, "3rd" and one word are skipped
+    assert sentences == ["THE TEAM IS A UNIT", "THE OCEANS ARE TEEMING WITH LIFE",
+                         "HOW BIG IS THAT PART COMPARED TO THE WHOLE", "IT WAS TWO FEET LONG"] * 3
+    assert skipped == 2 * 3
+    assert read_text_file(folder / "data.noun", "wordnet")[0] == sentences[:4]
+
+
+def test_grammar_share_mixes_grammar_and_file_sentences():
+    sentences = [f"LINE {number_words(i).upper()} OF THE FILE" for i in range(1, 2000)]
+    def texts(share):
+        plan = plan_corpus(SynthConfig(train_utts=400, dev_utts=20, test_utts=20, grammar_share=share), sentences)
+        return {split: [u.text for c in chapters for u in c.utterances] for split, chapters in plan.items()}
+    from_file = {share: sum(t.startswith("LINE ") for t in texts(share)["train"]) for share in (0.0, 0.3, 1.0)}
+    assert from_file[0.0] == 400 and from_file[1.0] == 0
+    assert 240 <= from_file[0.3] <= 320  # 70% of 400 expected; binomial sd 9
+    assert texts(1.0) == {split: [u.text for c in chapters for u in c.utterances]
+                          for split, chapters in plan_corpus(SynthConfig(train_utts=400, dev_utts=20,
+                                                                         test_utts=20)).items()}
+    with pytest.raises(DataError, match="grammar_share"):
+        plan_corpus(SynthConfig(grammar_share=1.5), sentences)
+
+
+def test_lm_text_holds_train_and_unread_sentences_never_dev_or_test():
+    sentences = [f"LINE {number_words(i).upper()} OF THE FILE" for i in range(1, 200)]
+    plan = plan_corpus(SynthConfig(train_utts=60, dev_utts=20, test_utts=20, grammar_share=0.5), sentences)
+    texts = {split: {u.text for c in chapters for u in c.utterances} for split, chapters in plan.items()}
+    lines = lm_text(plan, sentences)
+    assert len(lines) == len(set(lines))
+    held_out = texts["dev"] | texts["test"]
+    assert not set(lines) & held_out
+    assert texts["train"] - held_out <= set(lines)  # the grammar's train sentences too
+    assert set(sentences) - held_out <= set(lines)  # and every file sentence nobody held out reads
+    assert set(lines) <= set(sentences) | texts["train"]
+
+
 def test_spell_numbers_and_prose_sentences(tmp_path):
     assert (spell_numbers("Room 42, 1,500 men and 7 dogs")
             == "Room forty two, one thousand five hundred men and seven dogs")
@@ -179,7 +245,7 @@ def test_spell_numbers_and_prose_sentences(tmp_path):
     sentences, skipped = read_text_file(path, "prose")
     assert sentences[1:] == ["HE HAD THREE CATS", "THEY WERE ALL BLACK", "WHY DID THEY SLEEP ALL DAY"]
     assert skipped == 1  # "Yes.": fewer than three words
-    with pytest.raises(DataError, match="'lines' or 'prose'"):
+    with pytest.raises(DataError, match="must be one of lines, prose, wordnet, got 'poems'"):
         read_text_file(path, "poems")
 
 
@@ -224,7 +290,7 @@ def test_tiny_corpus_layout_audio_and_transcripts(tiny_corpus):
     assert [(s.split, s.utterances, s.chapters_skipped) for s in summary.splits] == [
         ("train", 6, 0), ("dev", 2, 0), ("test", 2, 0)]
     assert summary.seconds_written > 0
-    speakers = {}
+    speakers, transcripts = {}, {}
     for split, count in (("train", 6), ("dev", 2), ("test", 2)):
         flacs = sorted((root / split).rglob("*.flac"))
         assert len(flacs) == count
@@ -252,6 +318,11 @@ def test_tiny_corpus_layout_audio_and_transcripts(tiny_corpus):
         assert sorted(texts.values()) == sorted(expected)
         speakers[split] = {p.name for p in (root / split).iterdir() if p.is_dir()}
         assert (root / split / ".done").is_file()
+        transcripts[split] = set(texts.values())
+    # the LM text: train's sentences, no dev or test sentence (the grammar: nothing else)
+    lm_lines = (root / LM_TEXT).read_text().splitlines()
+    assert set(lm_lines) == transcripts["train"] - transcripts["dev"] - transcripts["test"]
+    assert summary.lm_sentences == len(lm_lines)
     assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["dev"]
     # the test voices (espeak variant combinations) are never used in train
     names = {}

@@ -1,4 +1,4 @@
-"""The synthetic corpus: voices of three speech synthesisers read sentences from the grammar.
+"""The synthetic corpus: voices of three speech synthesisers read sentences (grammar or text file).
 
 LibriSpeech cannot be downloaded everywhere, so the demo and the tests train on speech made here,
 by Debian's `espeak-ng` (formant synthesis by rule), `flite` and `festival` (voices built from
@@ -7,7 +7,8 @@ ARCTIC). A *voice* (one LibriSpeech-style numeric speaker id) is an engine's voi
 speaking rate, pitch and, for flite and festival, a vocal-tract warp (resampling that moves
 formants and f0 together, the duration compensated); each utterance jitters rate and pitch a
 little around the voice's. espeak-ng voices are an English variant (`en-us`, ...) with a voice
-variant (`+m3`, `+klatt`, ...).
+variant (`+m3`, `+klatt`, ...). Every recorded voice of the train families is a man's, so a few of
+each one's speakers are *raised* (a shorter vocal tract and a higher f0, in women's range).
 
 Each voice belongs to a *family*: who it comes from (`espeak` for every espeak-ng voice, else the
 recorded speaker: `kal`, `awb`, `rms`, `ked`, `slt`). Test voices come from the families in
@@ -16,7 +17,9 @@ heard, through an engine and vocoder it never heard (festival's HTS voice). Dev 
 voices of the train families (new rate, pitch and warp), as LibriSpeech's dev speakers are not
 train's. With `engines` restricted to espeak-ng, test takes unseen espeak-ng voices instead.
 
-Texts come from `asr.data.grammar.sentence_generator` (or from a user's text file); audio is
+Texts come from `asr.data.grammar.sentence_generator`, or from a text file (one sentence a line,
+prose, or WordNet's example sentences: the demo's, `WORDNET_DIR`) with a share from the grammar
+(`SynthConfig.grammar_share`); audio is
 resampled to 16 kHz, trimmed (or padded) to 0.1 s of silence at each end, peak-normalised,
 optionally given a random level and a little white noise, and written as 16-bit FLAC in
 LibriSpeech layout::
@@ -25,6 +28,7 @@ LibriSpeech layout::
     <out>/<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     <out>/<split>/.done          (JSON summary, written when the split is complete)
     <out>/SPEAKERS.TXT           (speaker id, sex, split, minutes, voice)
+    <out>/lm-text.txt            (text for an n-gram LM: see `lm_text`)
 
 Everything derives from the seed: the same options (and engine versions) give byte-identical
 files. Chapters are synthesised by a process pool; a rerun skips chapters whose transcript is
@@ -64,6 +68,7 @@ from asr.text import normalize_text
 SPLITS = ("train", "dev", "test")
 FORMAT_VERSION = 2  # bump when the audio processing changes, so stale corpora are not mixed in
 ENGINES = ("espeak-ng", "flite", "festival")
+LM_TEXT = "lm-text.txt"  # under the corpus root: text for an n-gram LM (`lm_text`)
 
 # espeak-ng English variants (check `espeak-ng --voices=en`). The mbrola voices need extra
 # packages and are left out.
@@ -135,7 +140,8 @@ class SynthConfig:
     test_utts: int = 100  # utterances in test (voices never used in train)
     hours_train: float | None = None  # if set: enough train utterances for about this many hours
     text_file: str | None = None  # sentences instead of the grammar
-    text_format: str = "lines"  # text_file: "lines" (a sentence a line) or "prose" (see prose_sentences)
+    text_format: str = "lines"  # text_file: "lines", "prose" (see prose_sentences) or "wordnet"
+    grammar_share: float = 0.0  # with text_file: this share of each split's utterances reads the grammar
     engines: tuple[str, ...] = ENGINES  # synthesisers to use, of ENGINES
     dev_voices: int = 12  # voices reserved for dev (train families; at most half their voices)
     test_voices: int = 16  # voices reserved for test (TEST_FAMILIES': at most as many as they have)
@@ -148,6 +154,12 @@ class SynthConfig:
     f0_range: tuple[float, float] = (0.85, 1.2)  # flite/festival voices' f0, x the voice's own
     f0_jitter: float = 0.04  # per utterance: f0 factor *= 1 + uniform(-jitter, jitter)
     warp_range: tuple[float, float] = (0.92, 1.1)  # flite/festival voices' formant and f0 warp
+    # Raised voices: this many of each male recorded voice's speakers (families train hears only)
+    # get a shorter vocal tract and a higher f0, in the range of women's voices (formants about
+    # 15-20% higher, f0 1.7-2x): without them every recorded voice train hears is a man's.
+    raised_voices: int = 3
+    raised_warp_range: tuple[float, float] = (1.14, 1.22)  # formant and f0 warp of a raised voice
+    raised_f0_range: tuple[float, float] = (1.35, 1.6)  # and its f0 x the voice's own, before warp
     augment: bool = True  # random level and a little white noise per utterance
     level_db: tuple[float, float] = (-14.0, -1.0)  # peak level range, dB full scale (augment)
     snr_db: tuple[float, float] = (25.0, 45.0)  # white-noise signal-to-noise ratio range, dB (augment)
@@ -229,6 +241,7 @@ class CorpusSummary:
     seconds_written: float  # audio seconds synthesised by this call
     wall_seconds: float  # time this call took
     text_lines_skipped: int = 0  # lines (or prose sentences) of --text dropped, see read_text_file
+    lm_sentences: int = 0  # sentences written to LM_TEXT
 
     @property
     def realtime_factor(self) -> float:
@@ -248,6 +261,8 @@ class CorpusSummary:
         if self.text_lines_skipped:
             lines.append(f"skipped {self.text_lines_skipped} text lines or sentences (digits, "
                          "letters outside A-Z, or prose outside 3-30 words)")
+        lines.append(f"LM text: {self.lm_sentences} sentences, none read by dev or test -> "
+                     f"{self.out_dir / LM_TEXT}")
         lines.append(f"corpus: {self.out_dir}")
         return "\n".join(lines)
 
@@ -275,7 +290,9 @@ def voice_catalogue(config: SynthConfig) -> list[Voice]:
     """Every voice of `config.engines`, with a seeded rate, pitch and warp each; ids from 100.
 
     espeak-ng: every English variant x voice variant. flite and festival: each of ENGINE_VOICES
-    `voices_per_engine_voice` times. A voice's id and settings do not depend on `engines`.
+    `voices_per_engine_voice` times, the last `raised_voices` of a man's voice of a train family
+    raised (`raised_warp_range`, `raised_f0_range`). A voice's id and settings do not depend on
+    `engines`.
     """
     _check_engines(config.engines)
     rng = random.Random(derive_seed(config.seed, "voices"))
@@ -286,10 +303,14 @@ def voice_catalogue(config: SynthConfig) -> list[Voice]:
                             round(rng.uniform(*config.rate_range), 3), rng.randint(*config.pitch_range)))
     for base in ENGINE_VOICES:
         rng = random.Random(derive_seed(config.seed, "voices", base.engine, base.name))
-        for _ in range(config.voices_per_engine_voice):
+        raised = config.raised_voices if base.sex == "M" and base.family not in TEST_FAMILIES else 0
+        for k in range(config.voices_per_engine_voice):
             rate = round(rng.uniform(*config.rate_range), 3)
             f0 = round(rng.uniform(*config.f0_range), 3) if base.pitch else 1.0
             warp = round(rng.uniform(*config.warp_range) * 160) / 160  # rate x warp: whole 100 Hz
+            if k >= config.voices_per_engine_voice - raised:  # the last ones: ids of the others stay
+                f0 = round(rng.uniform(*config.raised_f0_range), 3) if base.pitch else 1.0
+                warp = round(rng.uniform(*config.raised_warp_range) * 160) / 160
             voices.append(Voice(FIRST_SPEAKER_ID + len(voices), base.engine, base.name, base.family,
                                 base.sex, rate, f0, warp))
     return [v for v in voices if v.engine in config.engines]
@@ -386,22 +407,55 @@ def prose_sentences(text: str) -> list[str]:
 
 
 PROSE_WORDS = (3, 30)  # words a sentence of prose needs, at least and at most
+TEXT_FORMATS = ("lines", "prose", "wordnet")
+
+# WordNet's database (Debian's `wordnet-base`): the glosses of its data.* files hold about 48,000
+# example sentences in double quotes ("the oceans are teeming with life"), everyday English over
+# a vocabulary of tens of thousands of words: training text far wider than the grammar's.
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+
+
+def wordnet_examples(text: str) -> list[str]:
+    """The example sentences of one WordNet data file: the double-quoted parts of each gloss
+    (after its `|`); the licence header (lines starting with two spaces) is left out."""
+    examples = []
+    for line in text.splitlines():
+        if line.startswith("  ") or "|" not in line:
+            continue
+        examples += re.findall(r'"([^"]+)"', line.split("|", 1)[1])
+    return examples
+
+
+def _read_wordnet(path: Path) -> list[str]:
+    """Example sentences of a WordNet data file, or of WORDNET_FILES in a WordNet folder."""
+    files = [path / name for name in WORDNET_FILES] if path.is_dir() else [path]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{path}: not a WordNet folder (no {', '.join(missing)}; "
+                        "apt-get install wordnet-base)")
+    return [example for f in files for example in wordnet_examples(read_text(f, "WordNet file"))]
 
 
 def read_text_file(path: str | os.PathLike, text_format: str = "lines") -> tuple[list[str], int]:
     """Sentences of a text file, normalised; returns (sentences, lines skipped).
 
-    `text_format` "lines": one sentence a line; "prose": `prose_sentences`, of PROSE_WORDS words.
+    `text_format` "lines": one sentence a line; "prose": `prose_sentences`, of PROSE_WORDS words;
+    "wordnet": the example sentences of a WordNet data file or folder (`wordnet_examples`), of
+    PROSE_WORDS words.
     Numbers are spelt (`spell_numbers`); blank lines are ignored; a sentence that still holds
     digits or letters outside A-Z after normalisation (or prose of another length) is skipped.
     The engines read the normalised text, so audio and transcript agree.
     Raises DataError naming the file when it is missing or has no usable sentence.
     """
-    if text_format not in ("lines", "prose"):
-        raise DataError(f"text format must be 'lines' or 'prose', got {text_format!r}")
+    if text_format not in TEXT_FORMATS:
+        raise DataError(f"text format must be one of {', '.join(TEXT_FORMATS)}, got {text_format!r}")
     path = Path(path)
-    raw = read_text(path, "text file")
-    pieces = raw.splitlines() if text_format == "lines" else prose_sentences(raw)
+    if text_format == "wordnet":
+        pieces = _read_wordnet(path)
+    else:
+        raw = read_text(path, "text file")
+        pieces = raw.splitlines() if text_format == "lines" else prose_sentences(raw)
     min_words, max_words = (1, 10**6) if text_format == "lines" else PROSE_WORDS
     sentences, skipped = [], 0
     for piece in pieces:
@@ -471,7 +525,8 @@ def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
     are cut into chapters of `utts_per_chapter`; chapter id = speaker id * 1000 + chapter index.
     Texts: train, dev and test each read `sentence_generator(text_seed(seed, split))`; a text
     file is one seeded stream read by test, then dev, then train, so the splits share no line
-    while the file is long enough.
+    while the file is long enough. With a text file, `grammar_share` of each split's utterances
+    (a seeded draw per utterance) read the split's grammar stream instead.
     """
     for name, minimum in (("train_utts", 0), ("dev_utts", 0), ("test_utts", 0),
                           ("utts_per_chapter", 1)):
@@ -479,12 +534,15 @@ def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
             raise DataError(f"{name} must be at least {minimum}, got {getattr(config, name)}")
     if config.hours_train is not None and config.hours_train <= 0:
         raise DataError(f"hours_train must be positive, got {config.hours_train}")
+    if not 0.0 <= config.grammar_share <= 1.0:
+        raise DataError(f"grammar_share must be in [0, 1], got {config.grammar_share}")
     voices = split_voices(config)
     file_texts = None if text_sentences is None else _file_stream(text_sentences,
                                                                   derive_seed(config.seed, "file"))
     plan = {}
     for split in ("test", "dev", "train"):
-        texts = file_texts or sentence_generator(text_seed(config.seed, split))
+        grammar = sentence_generator(text_seed(config.seed, split))
+        mix = random.Random(derive_seed(config.seed, "grammar share", split))
         rng = random.Random(derive_seed(config.seed, "utterances", split))
         count = {"train": config.train_utts, "dev": config.dev_utts, "test": config.test_utts}[split]
         by_voice: dict[int, list[tuple[str, float, float]]] = {}
@@ -497,7 +555,8 @@ def plan_corpus(config: SynthConfig, text_sentences: Sequence[str] | None = None
             elif index >= count:
                 break
             voice = next(readers)
-            text = next(texts)
+            from_file = file_texts is not None and mix.random() >= config.grammar_share
+            text = next(file_texts if from_file else grammar)
             rate, pitch = _utterance_prosody(voice, rng, config)
             by_voice.setdefault(voice.speaker, []).append((text, rate, pitch))
             total_seconds += _estimate_seconds(text, rate)
@@ -876,6 +935,16 @@ def _write_speakers(out_dir: Path, plan: dict[str, list[Chapter]],
     atomic_write_text(out_dir / "SPEAKERS.TXT", "".join(lines))
 
 
+def lm_text(plan: dict[str, list[Chapter]], text_sentences: Sequence[str] | None) -> list[str]:
+    """Text for an n-gram LM, one sentence a line: the train split's sentences and every sentence
+    of the text file that neither dev nor test reads (as LibriSpeech's LM corpus leaves out the
+    books of its dev and test sets), each once, in a fixed order."""
+    held_out = {u.text for split in ("dev", "test") for c in plan[split] for u in c.utterances}
+    lines = [u.text for c in plan["train"] for u in c.utterances]
+    lines += [s for s in text_sentences or () if s not in held_out]
+    return [s for s in dict.fromkeys(lines) if s not in held_out]
+
+
 def generate_corpus(out_dir: str | os.PathLike, config: SynthConfig = SynthConfig(),
                     num_workers: int | None = None) -> CorpusSummary:
     """Write the synthetic corpus (train, dev, test) under `out_dir` in LibriSpeech layout.
@@ -911,5 +980,7 @@ def generate_corpus(out_dir: str | os.PathLike, config: SynthConfig = SynthConfi
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     _write_speakers(out_dir, plan, summaries)
+    lm_lines = lm_text(plan, text_sentences)
+    atomic_write_text(out_dir / LM_TEXT, "".join(line + "\n" for line in lm_lines))
     return CorpusSummary(out_dir, tuple(summaries), written, time.perf_counter() - started,
-                         skipped_lines)
+                         skipped_lines, len(lm_lines))

@@ -11,6 +11,9 @@
 #   --train-utts N               synthetic training utterances [4000]
 #   --dev-utts N / --test-utts N dev and test utterances [200 / 300]
 #   --seed S                     corpus seed [0]
+#   --text SOURCE                what the voices read: wordnet (WordNet's example sentences, with a
+#                                grammar share) or grammar (the built-in grammar only) [wordnet]
+#   --grammar-share P            with --text wordnet: share of utterances from the grammar [0.25]
 #   --config FILE                training config [conf/demo.yaml]
 #   --exp-name NAME              experiment folder under exp/ [demo]
 #   --lm-order N                 order of the n-gram LM built from the training text [4]
@@ -19,7 +22,7 @@
 #   --work-dir DIR               where data/, exp/ and RESULTS.md go [this recipe's folder]
 #   --train-args "k=v ..."       extra config overrides for training []
 #
-# Stages: 0 synthesise, 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average (and
+# Stages: 0 synthesise (and the LM text), 1 prepare manifests, 2 tokens and CMVN, 3 LM, 4 train, 5 average (and
 #         calibrate the average on dev, so that asr transcribe flags audio unlike the training data),
 #         6 decode greedy and beam + LM (dev tunes the LM weights, test reuses them), 7 RESULTS.md, 8 transcribe a file.
 # Before any stage runs (--dry-run too), the config, --avg against train.keep_last, and the corpus,
@@ -28,7 +31,7 @@
 set -euo pipefail
 
 stage=0; stop_stage=100; dry_run=false
-train_utts=4000; dev_utts=200; test_utts=300; seed=0
+train_utts=4000; dev_utts=200; test_utts=300; seed=0; text=wordnet; grammar_share=0.25
 config=conf/demo.yaml; exp_name=demo; lm_order=4; avg=3; nj=2; train_args=""; work_dir=""
 
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
@@ -52,6 +55,11 @@ lm=data/lm/${lm_order}gram.arpa
 tuned=$exp/decode/dev/beam-${lm_order}gram/tuned.json  # written by the dev decode with --tune
 
 # --- checks before anything runs -------------------------------------------------------------
+case "$text" in
+  wordnet) text_args=(--text /usr/share/wordnet --text-format wordnet --grammar-share "$grammar_share") ;;
+  grammar) text_args=() ;;
+  *) die "--text must be wordnet or grammar, got '$text'" ;;
+esac
 if in_range 2 || in_range 4 || in_range 5; then
   # shellcheck disable=SC2086
   check_config --config "$config" --train $manifests/train.jsonl --valid $manifests/dev.jsonl --exp $exp $train_args
@@ -59,7 +67,7 @@ if in_range 2 || in_range 4 || in_range 5; then
 fi
 for split in train dev test; do need 1 0 "$corpus/$split"; done
 need 2 1 $manifests/train.jsonl
-need 3 1 $manifests/train.jsonl
+need 3 0 $corpus/lm-text.txt
 need 4 1 $manifests/train.jsonl $manifests/dev.jsonl
 need 5 1 $manifests/dev.jsonl
 need 6 1 $manifests/dev.jsonl $manifests/test.jsonl
@@ -68,7 +76,7 @@ need 8 3 $lm
 
 if stage 0 "synthesise the corpus (espeak-ng, flite, festival; test voices unheard in train)"; then
   run asr synth --out $corpus --train-utts "$train_utts" --dev-utts "$dev_utts" \
-    --test-utts "$test_utts" --seed "$seed" --num-workers "$nj"
+    --test-utts "$test_utts" --seed "$seed" --num-workers "$nj" "${text_args[@]}"
 fi
 
 if stage 1 "prepare manifests"; then
@@ -83,9 +91,9 @@ if stage 2 "tokens and CMVN statistics from the training manifest"; then
     asr stats --config "$config" --train $manifests/train.jsonl --exp $exp
 fi
 
-if stage 3 "${lm_order}-gram LM from the training text"; then
+if stage 3 "${lm_order}-gram LM from the corpus's LM text (train's sentences and the text source's others, never dev's or test's)"; then
   done_or_run data/lm/.${lm_order}gram.done \
-    asr lm build --text $manifests/train.jsonl --order "$lm_order" --out $lm
+    asr lm build --text $corpus/lm-text.txt --order "$lm_order" --out $lm
 fi
 
 if stage 4 "train $(basename "$config")"; then
