@@ -9,6 +9,12 @@ the file's chunks exactly as `asr.transcribe.Transcriber` cuts them:
                       when the file has frames but the best path has no word
     entropy           mean posterior entropy per frame (nats; high is unsure)
     blank_ratio       share of frames whose best token is blank
+    feature_spread    what the model hears rather than says: the file's input features after the
+                      checkpoint's CMVN, cut into FEATURE_BANDS contiguous bands of dimensions;
+                      the largest band mean of the per-dimension standard deviation over the
+                      file. The synthetic corpus barely varies above 5 kHz (spread 0.6 there);
+                      real speech's fricatives and quiet pauses do (1.7). Undefined for a model
+                      that gives no features (`Transcriber` with a stand-in model).
 
 `asr calibrate` runs the model over its own dev manifest through the same `Transcriber` (same
 chunking, same pooling) and stores in the checkpoint a "calibration" dict (plain values):
@@ -42,12 +48,14 @@ if TYPE_CHECKING:  # numpy and torch load when used: `asr --help` reads this mod
     import torch
 
 CALIBRATION_VERSION = 1
-STATISTICS = ("frame_confidence", "token_confidence", "word_confidence", "entropy", "blank_ratio")
+STATISTICS = ("frame_confidence", "token_confidence", "word_confidence", "entropy", "blank_ratio",
+              "feature_spread")
 # The sides on which a statistic can be unlike the dev set: "below" flags a file whose value is
 # below the threshold, "above" one above it.
 DIRECTIONS = {"frame_confidence": ("below",), "token_confidence": ("below",), "word_confidence": ("below",),
-              "entropy": ("above",), "blank_ratio": ("below", "above")}
-DEFAULT_STATISTICS = ("word_confidence", "entropy", "blank_ratio")  # by measurement (module docstring)
+              "entropy": ("above",), "blank_ratio": ("below", "above"), "feature_spread": ("above",)}
+FEATURE_BANDS = 4  # feature_spread: bands of feature dimensions (80 mel bins: 20 each)
+DEFAULT_STATISTICS = ("word_confidence", "entropy", "blank_ratio", "feature_spread")  # by measurement (module docstring)
 DEFAULT_PERCENTILE = 1.0  # the dev tail each threshold starts from (percent)
 DEFAULT_MARGIN = 0.25  # how far past it, in units of |median - reference|
 PERCENTILES = (1, 2, 5, 10, 25)  # and their 100 - p, and the median
@@ -65,9 +73,15 @@ class PosteriorStats:
     entropy_sum: float = 0.0  # sum of the posterior entropy (nats)
     words: int = 0  # recognised words
     word_confidence_sum: float = 0.0  # sum of their confidences
+    feature_frames: int = 0  # input feature frames (after CMVN) summed below
+    feature_sum: tuple[float, ...] = ()  # per feature dimension: sum over the frames
+    feature_sq_sum: tuple[float, ...] = ()  # and sum of squares
 
     def __add__(self, other: "PosteriorStats") -> "PosteriorStats":
-        return PosteriorStats(*(a + b for a, b in zip(_fields(self), _fields(other))))
+        scalars = (a + b for a, b in zip(_fields(self), _fields(other)))
+        vectors = (tuple(a + b for a, b in zip(x, y)) if x and y else x or y
+                   for x, y in ((self.feature_sum, other.feature_sum), (self.feature_sq_sum, other.feature_sq_sum)))
+        return PosteriorStats(*scalars, self.feature_frames + other.feature_frames, *vectors)
 
     def values(self) -> dict[str, float | None]:
         """Each statistic of `STATISTICS`; None where it is undefined (no frames; no non-blank
@@ -81,7 +95,16 @@ class PosteriorStats:
             "word_confidence": self.word_confidence_sum / self.words if self.words else per_frame(0.0),
             "entropy": per_frame(self.entropy_sum),
             "blank_ratio": per_frame(self.blank_frames),
+            "feature_spread": self._feature_spread(),
         }
+
+    def _feature_spread(self) -> float | None:
+        n = self.feature_frames
+        if n < 2 or not self.feature_sum:
+            return None
+        stds = [math.sqrt(max(sq / n - (total / n) ** 2, 0.0)) for total, sq in zip(self.feature_sum, self.feature_sq_sum)]
+        bands = [stds[len(stds) * k // FEATURE_BANDS: len(stds) * (k + 1) // FEATURE_BANDS] for k in range(FEATURE_BANDS)]
+        return max(sum(band) / len(band) for band in bands if band)
 
 
 def _fields(stats: PosteriorStats) -> tuple:
@@ -97,12 +120,14 @@ def pool(stats: Iterable[PosteriorStats]) -> PosteriorStats:
     return total
 
 
-def posterior_stats(log_probs: torch.Tensor, lengths: torch.Tensor,
-                    token_strings: Sequence[str]) -> list[PosteriorStats]:
+def posterior_stats(log_probs: torch.Tensor, lengths: torch.Tensor, token_strings: Sequence[str],
+                    features: torch.Tensor | None = None, feature_lengths: torch.Tensor | None = None
+                    ) -> list[PosteriorStats]:
     """log_probs (B, T, V) CTC log-probabilities, lengths (B,) valid frames, the tokenizer's
     tokens -> one `PosteriorStats` per row. The words are the best path's (`greedy_decode`, split
     at "|" only), whatever decoder makes the transcript, so that the statistics are the model's
-    alone and compare with the calibration's."""
+    alone and compare with the calibration's. With the model's input `features` (B, F, D) after
+    CMVN and their `feature_lengths` (B,), each row also holds their per-dimension sums."""
     import torch
 
     from asr.decode import greedy_decode, word_spans
@@ -117,11 +142,27 @@ def posterior_stats(log_probs: torch.Tensor, lengths: torch.Tensor,
     entropy = -(probs * log_probs.clamp_min(-1e4)).sum(dim=-1) * valid  # 0 * log 0 counts as 0
     columns = zip(lengths.tolist(), blank.sum(1).tolist(), top.sum(1).tolist(), (top * (1 - blank)).sum(1).tolist(),
                   entropy.sum(1).tolist())
+    feature_sums = _feature_sums(features, feature_lengths, batch)
     stats = []
     for row, (path, (n, b, t, tt, e)) in enumerate(zip(greedy_decode(log_probs, lengths), columns)):
         spans = word_spans([tok for tok, _ in path], [f for _, f in path], token_strings, log_probs[row])
-        stats.append(PosteriorStats(int(n), int(b), t, tt, e, len(spans), float(sum(s.confidence for s in spans))))
+        stats.append(PosteriorStats(int(n), int(b), t, tt, e, len(spans), float(sum(s.confidence for s in spans)),
+                                    *feature_sums[row]))
     return stats
+
+
+def _feature_sums(features: torch.Tensor | None, lengths: torch.Tensor | None, batch: int) -> list[tuple]:
+    """Per row: (valid frames, per-dimension sums, per-dimension sums of squares), in float64;
+    (0, (), ()) rows without features."""
+    import torch
+
+    if features is None or lengths is None:
+        return [(0, (), ())] * batch
+    feats = features.detach().to("cpu", torch.float64)
+    mask = (torch.arange(feats.shape[1])[None, :] < lengths.cpu()[:, None]).to(torch.float64)[..., None]
+    sums, squares = (feats * mask).sum(1), (feats.square() * mask).sum(1)
+    return [(int(n), tuple(sums[row].tolist()), tuple(squares[row].tolist()))
+            for row, n in enumerate(lengths.tolist())]
 
 
 @dataclass(frozen=True)
@@ -203,7 +244,7 @@ def calibration_from_values(values: Sequence[dict[str, float | None]],
         raise DataError(f"unknown statistic {', '.join(unknown) or '(none)'}; choose from {', '.join(STATISTICS)}")
     if not 0 < percentile < 50 or margin < 0:
         raise DataError(f"need 0 < percentile < 50 and margin >= 0, got {percentile:g} and {margin:g}")
-    columns = {name: np.array([v[name] for v in values if v[name] is not None], dtype=np.float64)
+    columns = {name: np.array([v[name] for v in values if v.get(name) is not None], dtype=np.float64)
                for name in STATISTICS}
     points = (*PERCENTILES, 50, *(100 - q for q in reversed(PERCENTILES)))
     dev = {name: {**{f"p{p}": float(np.percentile(column, p)) for p in points}, "mean": float(column.mean())}

@@ -86,9 +86,18 @@ class InferenceModel:
     def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
         (log_probs (B, T, vocab) float32 on the CPU, out_lengths (B,) int64 on the CPU)."""
-        waveforms = waveforms.to(self.device, non_blocking=True)
-        wave_lengths = wave_lengths.to(self.device)
-        features, frame_lengths = self.frontend(waveforms, wave_lengths)
+        return self.run_features(*self.features(waveforms, wave_lengths))
+
+    @torch.no_grad()
+    def features(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's input: waveforms (B, samples), wave_lengths (B,) -> features (B, F, D) after
+        CMVN and frame_lengths (B,), on the device."""
+        return self.frontend(waveforms.to(self.device, non_blocking=True), wave_lengths.to(self.device))
+
+    @torch.no_grad()
+    def run_features(self, features: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The network alone: `features` output -> (log_probs (B, T, V) float32, out_lengths (B,)) on the CPU."""
+        features, frame_lengths = features.to(self.device), frame_lengths.to(self.device)
         with autocast_context(self.device, self.amp):
             log_probs, out_lengths = self.model(features, frame_lengths)
         return log_probs.float().cpu(), out_lengths.cpu()

@@ -109,8 +109,12 @@ class OnnxInferenceModel:
     def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
         (log_probs (B, T, vocab) float32, out_lengths (B,) int64), both on the CPU."""
-        features, frame_lengths = self.frontend(waveforms.cpu(), wave_lengths.cpu())
-        return self.run_features(features, frame_lengths)
+        return self.run_features(*self.features(waveforms, wave_lengths))
+
+    @torch.no_grad()
+    def features(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The graph's input: features (B, F, D) after CMVN and frame_lengths (B,), on the CPU."""
+        return self.frontend(waveforms.cpu(), wave_lengths.cpu())
 
     def run_features(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The graph alone: features (B, F, D) float32 after CMVN, lengths (B,) ->

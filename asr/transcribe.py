@@ -717,11 +717,16 @@ class Transcriber:
     def _recognise(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> list[tuple[list[Word], PosteriorStats]]:
         """One batch of chunks (B, samples) -> (words, posterior statistics) per chunk, times from
         each chunk's start."""
-        log_probs, out_lengths = self.inference(waves, wave_lengths)  # (B, T, V) on cpu, (B,)
+        features = frame_lengths = None
+        if hasattr(self.inference, "run_features"):  # what the model hears too (feature_spread)
+            features, frame_lengths = self.inference.features(waves, wave_lengths)
+            log_probs, out_lengths = self.inference.run_features(features, frame_lengths)
+        else:  # a stand-in model: waveforms to log-probabilities only
+            log_probs, out_lengths = self.inference(waves, wave_lengths)  # (B, T, V) on cpu, (B,)
         log_probs, out_lengths = log_probs.float().cpu(), out_lengths.cpu()
         hypotheses = self.decoder.decode(log_probs, out_lengths)
         out = []
-        stats = posterior_stats(log_probs, out_lengths, self.token_strings)
+        stats = posterior_stats(log_probs, out_lengths, self.token_strings, features, frame_lengths)
         for b, hyp in enumerate(hypotheses):
             frames = log_probs[b, : int(out_lengths[b])]
             out.append((hypothesis_words(hyp, self.token_strings, self.seconds_per_frame, frames), stats[b]))

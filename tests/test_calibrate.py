@@ -52,6 +52,29 @@ def test_posterior_stats_match_a_hand_computation():
     assert values["word_confidence"] == pytest.approx((0.8 + 0.6) / 2)
 
 
+def test_feature_spread_is_the_widest_band_of_per_dimension_deviations_and_pools_over_chunks():
+    """8 feature dimensions in FEATURE_BANDS = 4 bands of 2; the deviations computed with numpy."""
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 1.0, 0.5, 0.5, 2.0, 1.5, 0.2, 0.2])
+    feats = rng.standard_normal((2, 30, 8)) * scale + rng.standard_normal(8)  # row 1: 18 valid frames
+    log_probs = torch.full((2, 5, 4), math.log(0.25))
+    lengths = torch.tensor([30, 18])
+    stats = posterior_stats(log_probs, torch.tensor([5, 5]), TOKENS, torch.from_numpy(feats).float(), lengths)
+
+    def spread(x):
+        std = x.std(axis=0)  # population deviation of each dimension over the frames
+        return max(std[2 * k: 2 * k + 2].mean() for k in range(4))
+
+    assert stats[0].values()["feature_spread"] == pytest.approx(spread(feats[0]), rel=1e-5)
+    assert stats[1].values()["feature_spread"] == pytest.approx(spread(feats[1, :18]), rel=1e-5)  # padding ignored
+    whole = np.concatenate([feats[0], feats[1, :18]])
+    assert pool(stats).values()["feature_spread"] == pytest.approx(spread(whole), rel=1e-5)
+    # no features (a stand-in model): undefined, and pooling with it changes nothing
+    bare = posterior_stats(log_probs, torch.tensor([5, 5]), TOKENS)[0]
+    assert bare.values()["feature_spread"] is None
+    assert (bare + stats[0]).values()["feature_spread"] == pytest.approx(spread(feats[0]), rel=1e-5)
+
+
 def test_pooled_chunks_weigh_frames_and_words_and_a_wordless_file_scores_zero():
     a = PosteriorStats(frames=10, blank_frames=2, top_sum=9.0, token_top_sum=7.0, entropy_sum=1.0, words=1,
                        word_confidence_sum=0.9)
@@ -173,7 +196,8 @@ def test_calibrate_writes_a_copy_or_in_place_keeping_every_key(tone_model, tmp_p
     assert all(torch.equal(calibrated["model"][k], v) for k, v in original["model"].items())
     cal = calibrated["calibration"]
     assert [(r["statistic"], r["direction"]) for r in cal["rules"]] == [
-        ("word_confidence", "below"), ("entropy", "above"), ("blank_ratio", "below"), ("blank_ratio", "above")]
+        ("word_confidence", "below"), ("entropy", "above"), ("blank_ratio", "below"), ("blank_ratio", "above"),
+        ("feature_spread", "above")]
     assert cal["utterances"] == 64 and cal["percentile"] == 1.0
     word = cal["rules"][0]
     assert word["threshold"] < word["reference"] <= word["median"]
@@ -214,7 +238,7 @@ def test_transcribe_warns_once_per_flagged_file_and_says_nothing_uncalibrated(to
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2 and all(str(path) in w for path, w in zip(noise, warnings))
-    line = (r"warning: \S+: audio unlike the model's training data \((word confidence|entropy|blank ratio) "
+    line = (r"warning: \S+: audio unlike the model's training data \((word confidence|entropy|blank ratio|feature spread) "
             r"\d\.\d\d, dev (1st|99th) percentile \d\.\d\d\); the transcript is likely wrong")
     assert all(re.fullmatch(line, w) for w in warnings), warnings
     assert "2 unlike the training data" in captured.err
