@@ -146,7 +146,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--dev-voices", type=positive_int, default=12, help="voices reserved for dev (default 12)")
     p.add_argument("--test-voices", type=positive_int, default=16, help="voices reserved for test (default 16)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds texts, voices and noise (default 0)")
-    p.add_argument("--text", default=None, help="text file, one sentence a line, instead of the grammar")
+    p.add_argument("--text", default=None,
+                   help="text file (see --text-format; with wordnet: WordNet's folder) instead of the grammar")
     p.add_argument("--text-format", choices=("lines", "prose", "wordnet"), default="lines",
                    help="--text holds one sentence a line (default), or prose: paragraphs or fortune "
                         "files (entries between %% lines), cut into sentences, or is WordNet's folder "

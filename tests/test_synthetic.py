@@ -27,6 +27,7 @@ from asr.data.synthetic import (
     SynthConfig,
     Utterance,
     Voice,
+    coloured_noise,
     engine_voice,
     generate_corpus,
     lm_text,
@@ -224,6 +225,18 @@ def test_lm_text_holds_train_and_unread_sentences_never_dev_or_test():
     assert texts["train"] - held_out <= set(lines)  # the grammar's train sentences too
     assert set(sentences) - held_out <= set(lines)  # and every file sentence nobody held out reads
     assert set(lines) <= set(sentences) | texts["train"]
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
+def test_coloured_noise_has_unit_power_and_the_spectral_slope_asked_for(exponent):
+    noise = coloured_noise(2 ** 16, exponent, np.random.default_rng(4))
+    assert noise.shape == (2 ** 16,) and np.mean(noise ** 2) == pytest.approx(1.0, rel=1e-6)
+    segments = noise.reshape(64, 1024) * np.hanning(1024)
+    psd = (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)
+    freqs = np.fft.rfftfreq(1024)
+    band = (freqs > 0.01) & (freqs < 0.4)  # away from DC and Nyquist
+    slope = np.polyfit(np.log(freqs[band]), np.log(psd[band]), 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.1)
 
 
 def test_spell_numbers_and_prose_sentences(tmp_path):
