@@ -63,6 +63,11 @@ class FeatureConfig:
     snip_edges: bool = True  # True: only frames that fit entirely; False: reflect at the ends (Kaldi)
     cepstral_lifter: float = 22.0  # MFCC lifter coefficient, 0 = off (mfcc only)
     energy_floor: float = 1.0  # floor on the energy (linear) when use_energy; as torchaudio's default
+    # After global CMVN, subtract each utterance's own mean (per dimension, over its frames; a
+    # long file's: each chunk's): Kaldi's per-utterance apply-cmvn, means only. It takes out a
+    # fixed channel (a microphone's or a room's response, a voice's spectral tilt). Applied by
+    # `asr.frontend.Frontend`, not by `compute_features`.
+    utterance_cmn: bool = False
 
     def __post_init__(self) -> None:
         problems = []

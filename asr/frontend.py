@@ -1,7 +1,8 @@
 """The front-end: a padded waveform batch -> the model's input, as one module.
 
     waveforms (B, samples) --Narrowband (training)--> --fbank/MFCC (dither in training)-->
-        --global CMVN--> --SpecAugment (training)--> features (B, frames, dim), frame_lengths (B,)
+        --global CMVN--> [--utterance mean removed (features.utterance_cmn)-->]
+        --SpecAugment (training)--> features (B, frames, dim), frame_lengths (B,)
 
 Training and inference run this same module, so they cannot drift apart; its `train()`/`eval()`
 mode is the only switch: in evaluation there is no augmentation and no dither, and the output is
@@ -28,6 +29,7 @@ from asr.augment import (
     SpeedPerturb,
 )
 from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_features
+from asr.lengths import valid_mask
 
 
 class Frontend(nn.Module):
@@ -79,4 +81,14 @@ class Frontend(nn.Module):
         dither = self.features.dither if self.training else 0.0
         features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither)
         features = self.cmvn(features, frame_lengths)
+        if self.features.utterance_cmn:
+            features = utterance_mean_removed(features, frame_lengths)
         return self.specaug(features, frame_lengths), frame_lengths
+
+
+def utterance_mean_removed(features: Tensor, frame_lengths: Tensor) -> Tensor:
+    """features (B, F, D) with padding frames 0 -> each utterance's valid frames less their own
+    mean per dimension; padding stays 0."""
+    mask = valid_mask(frame_lengths.to(features.device), features.shape[1])[..., None]  # (B, F, 1)
+    mean = features.sum(dim=1, keepdim=True) / frame_lengths.to(features.device).clamp(min=1).view(-1, 1, 1)
+    return (features - mean).masked_fill_(~mask, 0.0)

@@ -190,6 +190,27 @@ def test_cmvn_apply_save_load(tmp_path):
         GlobalCMVN.load(tmp_path / "junk.pt")
 
 
+def test_utterance_cmn_removes_each_utterances_own_mean_after_global_cmvn():
+    from asr.frontend import Frontend
+
+    torch.manual_seed(0)
+    mean, std = torch.randn(80), torch.rand(80) + 0.5
+    waves = torch.randn(2, 16000) * 0.1
+    waves[1, 9000:] = 0.0  # padding of the shorter utterance
+    lengths = torch.tensor([16000, 9000])
+    plain = Frontend(FeatureConfig(), GlobalCMVN(mean, std)).eval()
+    cmn = Frontend(FeatureConfig(utterance_cmn=True), GlobalCMVN(mean, std)).eval()
+    (reference, frames), (out, frames_cmn) = plain(waves, lengths), cmn(waves, lengths)
+    assert torch.equal(frames, frames_cmn)
+    for row, n in enumerate(frames.tolist()):
+        valid = reference[row, :n].double()
+        torch.testing.assert_close(out[row, :n].double(), valid - valid.mean(dim=0), atol=1e-5, rtol=0)
+        assert torch.all(out[row, n:] == 0)
+    # so the global mean no longer matters: another one gives the same output
+    shifted = Frontend(FeatureConfig(utterance_cmn=True), GlobalCMVN(mean + 1.0, std)).eval()
+    torch.testing.assert_close(shifted(waves, lengths)[0], out, atol=1e-5, rtol=0)
+
+
 def test_cmvn_from_stats_floors_std():
     values = torch.tensor([[1.0, 3.0], [1.0, 5.0], [1.0, 7.0]], dtype=torch.float64)  # column 0 constant
     cmvn = GlobalCMVN.from_stats(values.sum(0), values.square().sum(0), 3)
