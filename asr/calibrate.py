@@ -55,7 +55,8 @@ STATISTICS = ("frame_confidence", "token_confidence", "word_confidence", "entrop
 DIRECTIONS = {"frame_confidence": ("below",), "token_confidence": ("below",), "word_confidence": ("below",),
               "entropy": ("above",), "blank_ratio": ("below", "above"), "feature_spread": ("above",)}
 FEATURE_BANDS = 4  # feature_spread: bands of feature dimensions (80 mel bins: 20 each)
-DEFAULT_STATISTICS = ("word_confidence", "entropy", "blank_ratio", "feature_spread")  # by measurement (module docstring)
+# by measurement (module docstring; README "Audio unlike the training data")
+DEFAULT_STATISTICS = ("word_confidence", "entropy", "blank_ratio", "feature_spread")
 DEFAULT_PERCENTILE = 1.0  # the dev tail each threshold starts from (percent)
 DEFAULT_MARGIN = 0.25  # how far past it, in units of |median - reference|
 PERCENTILES = (1, 2, 5, 10, 25)  # and their 100 - p, and the median
@@ -102,8 +103,10 @@ class PosteriorStats:
         n = self.feature_frames
         if n < 2 or not self.feature_sum:
             return None
-        stds = [math.sqrt(max(sq / n - (total / n) ** 2, 0.0)) for total, sq in zip(self.feature_sum, self.feature_sq_sum)]
-        bands = [stds[len(stds) * k // FEATURE_BANDS: len(stds) * (k + 1) // FEATURE_BANDS] for k in range(FEATURE_BANDS)]
+        stds = [math.sqrt(max(sq / n - (total / n) ** 2, 0.0))
+                for total, sq in zip(self.feature_sum, self.feature_sq_sum)]
+        dims = len(stds)
+        bands = [stds[dims * k // FEATURE_BANDS: dims * (k + 1) // FEATURE_BANDS] for k in range(FEATURE_BANDS)]
         return max(sum(band) / len(band) for band in bands if band)
 
 

@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--avg", type=int, default=3, help="checkpoints averaged (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-text", choices=("wordnet", "grammar"), default="wordnet",
-                   help="training text: WordNet's examples with a grammar share (default, as make demo), or the grammar")
+                   help="training text: WordNet's examples with a grammar share (default, as make demo), "
+                        "or the grammar")
     p.add_argument("--grammar-share", type=float, default=0.25,
                    help="with --train-text wordnet: share of utterances from the grammar (default 0.25, as make demo)")
     p.add_argument("--real-dev", default=None, help="a manifest of real speech to decode too (never trained on)")

@@ -238,8 +238,9 @@ def test_transcribe_warns_once_per_flagged_file_and_says_nothing_uncalibrated(to
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2 and all(str(path) in w for path, w in zip(noise, warnings))
-    line = (r"warning: \S+: audio unlike the model's training data \((word confidence|entropy|blank ratio|feature spread) "
-            r"\d\.\d\d, dev (1st|99th) percentile \d\.\d\d\); the transcript is likely wrong")
+    line = (r"warning: \S+: audio unlike the model's training data "
+            r"\((word confidence|entropy|blank ratio|feature spread) \d\.\d\d, dev (1st|99th) percentile \d\.\d\d\); "
+            r"the transcript is likely wrong")
     assert all(re.fullmatch(line, w) for w in warnings), warnings
     assert "2 unlike the training data" in captured.err
     flags = {json.loads(line)["audio"]: json.loads(line)["out_of_domain"] for line in captured.out.splitlines()}
