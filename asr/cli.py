@@ -46,6 +46,11 @@ def finite_float(text: str) -> float:
     return _number(text, float, lambda v: True, "a finite number")
 
 
+def fraction(text: str) -> float:
+    """A number from 0 to 1."""
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1")
+
+
 def int_range(low: int, high: int):
     """An argparse type: an integer from `low` to `high`."""
     def parse(text: str) -> int:
@@ -152,7 +157,7 @@ def _add_synth(sub) -> None:
                    help="--text holds one sentence a line (default), or prose: paragraphs or fortune "
                         "files (entries between %% lines), cut into sentences, or is WordNet's folder "
                         "(/usr/share/wordnet): its example sentences")
-    p.add_argument("--grammar-share", type=float, default=0.0,
+    p.add_argument("--grammar-share", type=fraction, default=0.0,
                    help="with --text: this share of the utterances reads the grammar instead (default 0)")
     p.add_argument("--engines", default="espeak-ng,flite,festival",
                    help="comma-separated synthesisers to use (default espeak-ng,flite,festival); without "
@@ -167,6 +172,8 @@ def _add_synth(sub) -> None:
 def _run_synth(args) -> int:
     from asr.data import synthetic
 
+    if args.grammar_share and args.text is None:
+        raise AsrError("--grammar-share needs --text (without a text file every sentence is the grammar's)")
     config = synthetic.SynthConfig(
         seed=args.seed, dev_utts=args.dev_utts, test_utts=args.test_utts,
         train_utts=2000 if args.train_utts is None else args.train_utts, hours_train=args.hours_train,

@@ -465,6 +465,7 @@ def test_every_numeric_option_is_range_checked():
     (["lm", "build", "--text", "t", "--out", "o", "--order", "9"], "--order"),
     (["prepare", "dir", "c", "--out", "o", "--num-workers", "-1"], "--num-workers"),
     (["synth", "--out", "o", "--hours-train", "-1"], "--hours-train"),
+    (["synth", "--out", "o", "--text", "t", "--grammar-share", "1.5"], "--grammar-share"),
 ])
 def test_an_out_of_range_number_is_a_usage_error(capsys, argv, option):
     with pytest.raises(SystemExit) as exit_:

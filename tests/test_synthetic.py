@@ -398,6 +398,8 @@ def test_cli_synth(tmp_path, capsys):
     assert "test: 16 voices" in capsys.readouterr().out
     assert cli_main(["synth", "--train-utts", "2"]) == 1  # --out missing: one line, exit 1
     assert "--out is required" in capsys.readouterr().err
+    assert cli_main(["synth", "--out", str(out), "--grammar-share", "0.5"]) == 1
+    assert "--grammar-share needs --text" in capsys.readouterr().err
 
 
 # --- each engine -----------------------------------------------------------------------------------
