@@ -60,10 +60,10 @@ def fortune_text(out: Path) -> Path:
 def prepare(work: Path, args) -> dict[str, Path]:
     """Both corpora and their manifests; returns the manifest of each set."""
     corpus, unseen, manifests = work / "corpus", work / "unseen", work / "manifests"
-    text = [] if args.train_text == "grammar" else [
+    train_text = [] if args.train_text == "grammar" else [
         "--text", str(WORDNET_DIR), "--text-format", "wordnet", "--grammar-share", str(args.grammar_share)]
     run(work / ".synth.done", "synth", "--out", str(corpus), "--train-utts", str(args.train_utts),
-        "--dev-utts", "200", "--test-utts", "0", "--seed", str(args.seed), *text)
+        "--dev-utts", "200", "--test-utts", "0", "--seed", str(args.seed), *train_text)
     text = fortune_text(work / "fortunes.txt")
     run(work / ".unseen.done", "synth", "--out", str(unseen), "--text", str(text), "--text-format", "prose",
         "--train-utts", "0", "--dev-utts", "0", "--test-utts", str(args.test_utts), "--seed", str(args.seed + 1))
@@ -79,7 +79,7 @@ def prepare(work: Path, args) -> dict[str, Path]:
 def train(work: Path, manifests: dict[str, Path], args) -> tuple[Path, float]:
     """Stats, training and averaging; returns (experiment, CPU seconds of training)."""
     exp = work / "exp"
-    overrides = [f"train.epochs={args.epochs}", *args.set]
+    overrides = [*([f"train.epochs={args.epochs}"] if args.epochs else []), *args.set]
     run(work / ".stats.done", "stats", "--config", args.config, "--train", str(manifests["train"]), "--exp", str(exp),
         *overrides)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="folder for both corpora, the experiment and the results")
     p.add_argument("--config", default="conf/demo.yaml", help="config to train (default conf/demo.yaml)")
-    p.add_argument("--epochs", type=int, default=16, help="training epochs (default 16, the demo's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's train.epochs)")
     p.add_argument("--train-utts", type=int, default=4000, help="training utterances (default 4000, the demo's)")
     p.add_argument("--test-utts", type=int, default=300, help="unseen test utterances (default 300)")
     p.add_argument("--avg", type=int, default=3, help="checkpoints averaged (default 3)")
@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     manifests = prepare(work, args)
     exp, cpu = train(work, manifests, args)
-    print(f"\n{args.config}, {args.epochs} epochs, {cpu / 60:.1f} CPU-minutes of training; unseen voices and text "
-          f"({manifests['unseen']})")
+    print(f"\n{args.config}, {args.epochs or 'its'} epochs, {cpu / 60:.1f} CPU-minutes of training; "
+          f"unseen voices and text ({manifests['unseen']})")
     for name in ("unseen", "real_dev") if args.real_dev else ("unseen",):
         for result in evaluate(work, exp, manifests, name):
             low, high = result["wer_ci95"]
