@@ -131,13 +131,12 @@ def posterior_stats(log_probs: torch.Tensor, lengths: torch.Tensor, token_string
     at "|" only), whatever decoder makes the transcript, so that the statistics are the model's
     alone and compare with the calibration's. With the model's input `features` (B, F, D) after
     CMVN and their `feature_lengths` (B,), each row also holds their per-dimension sums."""
-    import torch
-
     from asr.decode import greedy_decode, word_spans
+    from asr.lengths import valid_mask
 
     log_probs = log_probs.detach().float().cpu()
     batch, frames, _ = log_probs.shape
-    valid = (torch.arange(frames)[None, :] < lengths.cpu()[:, None]).float()  # (B, T)
+    valid = valid_mask(lengths.cpu(), frames).float()  # (B, T)
     top, best = log_probs.max(dim=-1)  # (B, T)
     top = top.exp() * valid
     blank = (best == BLANK_ID).float() * valid
@@ -161,9 +160,12 @@ def _feature_sums(features: torch.Tensor | None, lengths: torch.Tensor | None, b
 
     if features is None or lengths is None:
         return [(0, (), ())] * batch
-    feats = features.detach().to("cpu", torch.float64)
-    mask = (torch.arange(feats.shape[1])[None, :] < lengths.cpu()[:, None]).to(torch.float64)[..., None]
-    sums, squares = (feats * mask).sum(1), (feats.square() * mask).sum(1)
+    from asr.lengths import valid_mask
+
+    # on the features' device: only the (B, D) sums travel
+    feats = features.detach().to(torch.float64)
+    mask = valid_mask(lengths.to(feats.device), feats.shape[1]).to(torch.float64)[..., None]
+    sums, squares = (feats * mask).sum(1).cpu(), (feats.square() * mask).sum(1).cpu()
     return [(int(n), tuple(sums[row].tolist()), tuple(squares[row].tolist()))
             for row, n in enumerate(lengths.tolist())]
 

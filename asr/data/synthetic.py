@@ -958,8 +958,7 @@ def lm_text(plan: dict[str, list[Chapter]], text_sentences: Sequence[str] | None
     of the text file that neither dev nor test reads (as LibriSpeech's LM corpus leaves out the
     books of its dev and test sets), each once, in a fixed order."""
     held_out = {u.text for split in ("dev", "test") for c in plan[split] for u in c.utterances}
-    lines = [u.text for c in plan["train"] for u in c.utterances]
-    lines += [s for s in text_sentences or () if s not in held_out]
+    lines = [*(u.text for c in plan["train"] for u in c.utterances), *(text_sentences or ())]
     return [s for s in dict.fromkeys(lines) if s not in held_out]
 
 
