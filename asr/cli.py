@@ -224,6 +224,8 @@ def _run_train(args) -> int:
         raise AsrError("--reinit-head needs --init-from")
     _check_outputs(args.exp)
     result = train(config, args.train, args.valid, args.exp, init_from=args.init_from, reinit_head=args.reinit_head)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary, rank 0's
+        return 0
     valid = result.valid or {}
     print(f"{result.exp_dir}: step {result.step}, epoch {result.epoch}, "
           + (f"valid loss {valid['loss']:.3f} CER {100 * valid['cer']:.2f}% WER {100 * valid['wer']:.2f}%, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import gc
 import logging
 import math
 import os
@@ -687,6 +688,11 @@ def train(config: ExperimentConfig, train_manifest: str | os.PathLike, valid_man
     finally:
         torch.set_num_threads(threads)
         if runtime.owns_process_group:
+            # The DDP wrapper sits in a reference cycle: left to interpreter exit, its reducer dies
+            # after the process group and gloo aborts the process ("terminate called without an
+            # active exception", SIGABRT) after a successful run; measured on torch 2.14.1 under
+            # load, 12 of 20 runs of a bare DDP script; none once it is collected first.
+            gc.collect()
             dist.destroy_process_group()
 
 
