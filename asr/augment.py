@@ -9,6 +9,8 @@ order the front-end applies them:
   random signal-to-noise ratio.
 - `Gain`: a random level change in dB.
 - `Narrowband`: some utterances pass through a lower sample rate (telephone band) and back.
+- `Vtlp`: vocal tract length perturbation, a warp factor per utterance for the filterbank that
+  `asr.features.compute_features` then applies (another speaker's formants, same tempo).
 - `SpecAugment`: frequency and time masks on normalised features (Park et al. 2019).
 
 Each has a config section with a probability (0 = off: no random number is drawn) and ranges.
@@ -138,8 +140,9 @@ class SpecAugment(nn.Module):
         return feats.masked_fill(mask, 0.0)
 
 
-class _WaveformAugment(nn.Module):
-    """A waveform transform with a config that has a `prob`: (waveforms, lengths) in and out."""
+class _Augment(nn.Module):
+    """A transform with a config that has a `prob`; the waveform transforms take and return
+    (waveforms, lengths)."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -181,7 +184,7 @@ class SpeedConfig:
             raise ConfigError(f"speed.factors: expected factors in [0.5, 2], got {list(self.factors)!r}")
 
 
-class SpeedPerturb(_WaveformAugment):
+class SpeedPerturb(_Augment):
     """Plays chosen utterances `factor` times faster: resampled from factor*rate to rate (the
     band-limited resampler `load_audio` uses), so a length-n utterance becomes ceil(n / factor)
     samples and every frequency is multiplied by `factor`. The batch is re-padded to its new
@@ -217,6 +220,34 @@ class SpeedPerturb(_WaveformAugment):
 
 
 @dataclass(frozen=True)
+class VtlpConfig:
+    """Vocal tract length perturbation (Jaitly and Hinton 2013): the filterbank's frequency axis
+    warped per utterance, with Kaldi's VTLN warp function."""
+
+    prob: float = 0.0  # fraction of training utterances warped; 0 = off
+    warp: tuple[float, float] = (0.9, 1.1)  # warp factor range, drawn uniformly (Jaitly and Hinton: 0.9-1.1)
+
+    def __post_init__(self) -> None:
+        _check_prob("vtlp.prob", self.prob)
+        _check_range("vtlp.warp", self.warp, 0.7, 1.3)
+
+
+class Vtlp(_Augment):
+    """Draws the warp factors of a batch: U(warp) for a `prob` of the utterances, 1 for the rest.
+    The front-end hands them to `compute_features`, which builds one warped filterbank per
+    utterance (Kaldi's piecewise-linear VTLN warp, `asr.features.vtln_warp_hz`): with factor a
+    the filter Kaldi centres at f moves to f / a, so a formant at F reads as one at a * F (a > 1:
+    a shorter vocal tract). Tempo is unchanged, unlike speed perturbation."""
+
+    def forward(self, waveforms: Tensor) -> Tensor | None:
+        """(B,) warp factors for the batch `waveforms` (B, samples); None when none is warped."""
+        chosen = self.chosen(waveforms)
+        if chosen is None:
+            return None
+        return torch.where(chosen, _uniform(self.config.warp, waveforms.shape[0], waveforms.device), 1.0)
+
+
+@dataclass(frozen=True)
 class GainConfig:
     """A random level change."""
 
@@ -228,7 +259,7 @@ class GainConfig:
         _check_range("gain.db", self.db, -40.0, 40.0)
 
 
-class Gain(_WaveformAugment):
+class Gain(_Augment):
     """Multiplies chosen utterances by 10^(g/20), g uniform in `db`."""
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -267,7 +298,7 @@ def coloured_noise(shape: tuple[int, int], exponent: float, device: torch.device
     return torch.fft.irfft(spectrum * freqs.pow(-exponent / 2), n=shape[-1], dim=-1)
 
 
-class AdditiveNoise(_WaveformAugment):
+class AdditiveNoise(_Augment):
     """Adds noise to chosen utterances so that (signal power / noise power) over each utterance's
     valid samples is the drawn SNR. Babble is the sum of the other utterances of the batch
     (rolled in time), scaled the same way."""
@@ -332,7 +363,7 @@ def room_impulse_response(rt60: Tensor, drr_db: Tensor, sample_rate: int) -> Ten
     return tail
 
 
-class Reverb(_WaveformAugment):
+class Reverb(_Augment):
     """Convolves chosen utterances with `room_impulse_response` (FFT, in batch), keeps each
     utterance's length (the tail past its end is cut) and its level (RMS)."""
 

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 import numpy as np
 import torch
 
-from asr.augment import GainConfig, NarrowbandConfig, NoiseConfig, ReverbConfig, SpecAugmentConfig, SpeedConfig
+from asr.augment import (
+    GainConfig,
+    NarrowbandConfig,
+    NoiseConfig,
+    ReverbConfig,
+    SpecAugmentConfig,
+    SpeedConfig,
+    VtlpConfig,
+)
 from asr.config import load_config
 from asr.errors import ConfigError, DataError
 from asr.features import FeatureConfig, GlobalCMVN, compute_cmvn, num_frames
@@ -152,6 +160,7 @@ class ExperimentConfig:
     reverb: ReverbConfig = field(default_factory=ReverbConfig)  # simulated rooms in training
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # additive noise and babble in training
     gain: GainConfig = field(default_factory=GainConfig)  # level changes in training
+    vtlp: VtlpConfig = field(default_factory=VtlpConfig)  # vocal tract length perturbation in training
     model: ModelConfig = field(default_factory=ModelConfig)  # the network (input_dim, vocab_size derived)
     data: DataConfig = field(default_factory=DataConfig)  # batching and length filters
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule

@@ -179,30 +179,74 @@ def _window(window_type: str, size: int) -> Tensor:
     return torch.ones(size, dtype=torch.float32)
 
 
-def _mel_matrix(config: FeatureConfig) -> Tensor:
-    """Kaldi's triangular mel filters as a (fft_size // 2 + 1, num_mel_bins) float32 matrix.
+def _mel_matrix(config: FeatureConfig, warp: Tensor | None = None) -> Tensor:
+    """Kaldi's triangular mel filters as a (fft_size // 2 + 1, num_mel_bins) float32 matrix, or
+    with `warp` (B,) VTLN factors one (B, fft_size // 2 + 1, num_mel_bins) matrix per factor.
 
     Filters are equally spaced on the mel scale between low_freq and high_freq and overlap by
     half; the Nyquist bin gets weight 0. Computed in float32 like Kaldi (BaseFloat): a narrow
     low filter can hold a single FFT bin with a tiny weight, whose rounding then shows in the
-    log energies, so float64 weights would differ from Kaldi's by up to ~5e-4.
+    log energies, so float64 weights would differ from Kaldi's by up to ~5e-4. A warp moves each
+    filter's three corners through `vtln_warp_hz`, as Kaldi's MelBanks does for VTLN.
     """
     bins, fft_size = config.num_mel_bins, config.fft_size
-    nyquist = 0.5 * config.sample_rate
-    high_freq = config.high_freq if config.high_freq > 0 else nyquist + config.high_freq
-    mel_low, mel_high = (1127.0 * math.log(1.0 + f / 700.0) for f in (config.low_freq, high_freq))
+    low_freq, high_freq = config.low_freq, _high_freq(config)
+    mel_low, mel_high = (1127.0 * math.log(1.0 + f / 700.0) for f in (low_freq, high_freq))
     delta = (mel_high - mel_low) / (bins + 1)
     index = torch.arange(bins, dtype=torch.float32).unsqueeze(1)  # (bins, 1)
-    left = mel_low + index * delta
-    center = mel_low + (index + 1.0) * delta
-    right = mel_low + (index + 2.0) * delta
+    corners = [mel_low + (index + offset) * delta for offset in (0.0, 1.0, 2.0)]  # left, center, right
+    if warp is not None:
+        nyquist = 0.5 * config.sample_rate
+        factors = warp.detach().float().cpu().view(-1, 1, 1)  # (B, 1, 1)
+
+        def warped(mel: Tensor) -> Tensor:
+            hz = 700.0 * (torch.exp(mel / 1127.0) - 1.0)
+            hz = vtln_warp_hz(hz, factors, low_freq, high_freq, VTLN_LOW, nyquist + VTLN_HIGH)
+            return 1127.0 * (1.0 + hz / 700.0).log()
+
+        corners = [warped(mel) for mel in corners]  # each (B, bins, 1)
+    left, center, right = corners
     fft_freq = config.sample_rate / fft_size * torch.arange(fft_size // 2, dtype=torch.float32)
     fft_mel = (1127.0 * (1.0 + fft_freq / 700.0).log()).unsqueeze(0)  # (1, fft_size // 2)
     up = (fft_mel - left) / (center - left)
     down = (right - fft_mel) / (right - center)
-    weights = torch.clamp(torch.minimum(up, down), min=0.0)  # (bins, fft_size // 2)
-    weights = torch.cat([weights, weights.new_zeros(bins, 1)], dim=1)  # Nyquist bin
-    return weights.T.contiguous()
+    weights = torch.clamp(torch.minimum(up, down), min=0.0)  # ([B,] bins, fft_size // 2)
+    weights = torch.cat([weights, weights.new_zeros(*weights.shape[:-1], 1)], dim=-1)  # Nyquist bin
+    return weights.transpose(-1, -2).contiguous()
+
+
+# Kaldi's --vtln-low and --vtln-high (Hz; a negative high is an offset from Nyquist): the warp is
+# linear between them and bends at both ends to keep low_freq and high_freq in place.
+VTLN_LOW, VTLN_HIGH = 100.0, -500.0
+
+
+def _high_freq(config: FeatureConfig) -> float:
+    return config.high_freq if config.high_freq > 0 else 0.5 * config.sample_rate + config.high_freq
+
+
+def check_vtln(config: FeatureConfig, key: str = "vtlp") -> None:
+    """ConfigError unless the filterbank leaves room for Kaldi's VTLN warp:
+    low_freq < VTLN_LOW and VTLN_HIGH (from Nyquist) < high_freq."""
+    high = 0.5 * config.sample_rate + VTLN_HIGH
+    if not config.low_freq < VTLN_LOW < high < _high_freq(config):
+        raise ConfigError(f"{key}: the warp needs features.low_freq < {VTLN_LOW:g} Hz and features.high_freq "
+                          f"above {high:g} Hz (Nyquist {VTLN_HIGH:g}), got low_freq={config.low_freq}, "
+                          f"high_freq={config.high_freq}")
+
+
+def vtln_warp_hz(freq: Tensor, warp: Tensor, low_freq: float, high_freq: float, vtln_low: float,
+                 vtln_high: float) -> Tensor:
+    """Kaldi's piecewise-linear VTLN warp (MelBanks::VtlnWarpFreq): frequencies divided by `warp`
+    between the cut-offs vtln_low * max(1, warp) and vtln_high * min(1, warp), joined by straight
+    lines to low_freq and high_freq, which stay in place; outside [low_freq, high_freq] unchanged.
+    `freq` and `warp` broadcast."""
+    low_cut = vtln_low * warp.clamp(min=1.0)
+    high_cut = vtln_high * warp.clamp(max=1.0)
+    scale = 1.0 / warp
+    left = low_freq + (scale * low_cut - low_freq) / (low_cut - low_freq) * (freq - low_freq)
+    right = high_freq + (high_freq - scale * high_cut) / (high_freq - high_cut) * (freq - high_freq)
+    out = torch.where(freq < low_cut, left, torch.where(freq < high_cut, scale * freq, right))
+    return torch.where((freq < low_freq) | (freq > high_freq), freq, out)
 
 
 def _dct_matrix(num_mel_bins: int, num_ceps: int) -> Tensor:
@@ -241,7 +285,7 @@ def _frames(waveforms: Tensor, lengths: Tensor, total: int, config: FeatureConfi
 
 
 def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
-                     dither: float | None = None) -> tuple[Tensor, Tensor]:
+                     dither: float | None = None, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Kaldi fbank or MFCC features of a padded batch, computed on `waveforms.device`.
 
     Args:
@@ -251,6 +295,8 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
         config: the feature options.
         dither: Gaussian noise std (int16 units) in place of `config.dither`; `asr.frontend.Frontend`
             passes 0 in evaluation mode, `compute_cmvn` always.
+        warp: (batch,) VTLN warp factors, one filterbank per utterance (1 = Kaldi's own); training's
+            vocal tract length perturbation (`asr.augment.Vtlp`). None: no warp.
 
     Returns:
         feats: (batch, frames, config.dim) float32; frames past an utterance's length are 0.
@@ -265,14 +311,17 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
     total = int(num_frames(samples, config))
     if total == 0 or batch == 0:
         return waveforms.new_zeros(batch, total, config.dim, dtype=torch.float32), frame_lengths
-    kernels = _kernels(config, device)
+    window, mel, dct, lifter = _kernels(config, device)
+    if warp is not None:
+        mel = _mel_matrix(config, warp).to(device)  # (B, bins, mel): one filterbank per utterance
     feats = torch.zeros(batch, total, config.dim, dtype=torch.float32, device=device)
     # Mixed precision would cost the 1e-3 agreement with Kaldi and is no faster here.
     with torch.autocast(device_type=device.type, enabled=False):
         frames = _frames(waveforms.float(), lengths, total, config)  # (B, T, window), a view when snip_edges
         dither = config.dither if dither is None else dither
         for rows, steps in _blocks(frame_lengths, total, device):
-            feats[rows, steps] = _block_features(frames[rows, steps], config, dither, *kernels)
+            feats[rows, steps] = _block_features(frames[rows, steps], config, dither, window,
+                                                 mel if mel.dim() == 2 else mel[rows], dct, lifter)
         feats.masked_fill_(~valid_mask(frame_lengths, total).unsqueeze(-1), 0.0)
     return feats, frame_lengths
 
@@ -332,7 +381,7 @@ def _block_features(
     power = spectrum[..., 0].square()
     power.addcmul_(spectrum[..., 1], spectrum[..., 1])
     del spectrum
-    feats = torch.matmul(power, mel_matrix).clamp_(min=_EPSILON).log_()  # (b, t, mel)
+    feats = torch.matmul(power, mel_matrix).clamp_(min=_EPSILON).log_()  # (b, t, mel); mel_matrix may be (b, ., .)
     if dct_matrix is not None:
         feats = torch.matmul(feats, dct_matrix)  # (b, t, ceps)
         if lifter is not None:

@@ -1,6 +1,7 @@
 """The front-end: a padded waveform batch -> the model's input, as one module.
 
-    waveforms (B, samples) --Narrowband (training)--> --fbank/MFCC (dither in training)-->
+    waveforms (B, samples) --Narrowband (training)--> --fbank/MFCC (dither, Vtlp's warped
+        filterbanks in training)-->
         --global CMVN--> [--utterance mean removed (features.utterance_cmn)-->]
         --SpecAugment (training)--> features (B, frames, dim), frame_lengths (B,)
 
@@ -27,8 +28,10 @@ from asr.augment import (
     SpecAugmentConfig,
     SpeedConfig,
     SpeedPerturb,
+    Vtlp,
+    VtlpConfig,
 )
-from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_features
+from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, check_vtln, compute_features
 from asr.lengths import valid_mask
 
 
@@ -42,21 +45,24 @@ class Frontend(nn.Module):
     def __init__(self, features: FeatureConfig, cmvn: GlobalCMVN, specaug: SpecAugmentConfig = SpecAugmentConfig(),
                  narrowband: NarrowbandConfig = NarrowbandConfig(), speed: SpeedConfig = SpeedConfig(),
                  reverb: ReverbConfig = ReverbConfig(), noise: NoiseConfig = NoiseConfig(),
-                 gain: GainConfig = GainConfig()) -> None:
+                 gain: GainConfig = GainConfig(), vtlp: VtlpConfig = VtlpConfig()) -> None:
         super().__init__()
+        if vtlp.prob > 0:
+            check_vtln(features)
         self.features = features
         self.cmvn = cmvn
         # in the order they apply: the room, then the noise in it, then the recording chain
         self.waveform_augments = nn.ModuleList([SpeedPerturb(speed), Reverb(reverb, features.sample_rate),
                                                 AdditiveNoise(noise), Gain(gain)])
         self.narrowband = Narrowband(narrowband, features.sample_rate)
+        self.vtlp = Vtlp(vtlp)
         self.specaug = SpecAugment(specaug)
 
     @classmethod
     def for_training(cls, config, cmvn: GlobalCMVN) -> "Frontend":
         """The front-end of an `asr.experiment.ExperimentConfig`, with every augmentation section."""
         return cls(config.features, cmvn, config.specaug, config.narrowband, config.speed, config.reverb,
-                   config.noise, config.gain)
+                   config.noise, config.gain, config.vtlp)
 
     @property
     def sample_rate(self) -> int:
@@ -79,7 +85,8 @@ class Frontend(nn.Module):
             waveforms, wave_lengths = augment(waveforms, wave_lengths)
         waveforms = self.narrowband(waveforms, wave_lengths)
         dither = self.features.dither if self.training else 0.0
-        features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither)
+        features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither,
+                                                   warp=self.vtlp(waveforms))
         features = self.cmvn(features, frame_lengths)
         if self.features.utterance_cmn:
             features = utterance_mean_removed(features, frame_lengths)

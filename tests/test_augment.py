@@ -19,6 +19,8 @@ from asr.augment import (
     ReverbConfig,
     SpeedConfig,
     SpeedPerturb,
+    Vtlp,
+    VtlpConfig,
     coloured_noise,
     room_impulse_response,
 )
@@ -59,7 +61,16 @@ def test_off_or_in_evaluation_every_augment_is_the_identity_and_draws_nothing():
     for augment in [a.eval() for a in augments] + off:
         out, out_lengths = augment(waves, lengths)
         assert out is waves and out_lengths is lengths
+    assert Vtlp(VtlpConfig(prob=1.0)).eval()(waves) is None and Vtlp(VtlpConfig()).train()(waves) is None
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_vtlp_draws_a_factor_in_range_for_its_share_of_the_utterances():
+    torch.manual_seed(0)
+    factors = Vtlp(VtlpConfig(prob=0.5, warp=(0.9, 1.1))).train()(torch.zeros(4000, 10))
+    warped = factors[factors != 1.0]
+    assert len(warped) == pytest.approx(2000, abs=150)  # binomial(4000, 0.5): sd 32
+    assert 0.9 <= warped.min() and warped.max() <= 1.1 and warped.std() == pytest.approx(0.2 / math.sqrt(12), rel=0.1)
 
 
 def test_gain_scales_by_the_drawn_decibels():
@@ -122,7 +133,7 @@ def test_reverb_convolves_with_the_room_and_keeps_length_and_level():
 
 @pytest.mark.parametrize(("config", "values"), [
     (SpeedConfig, {"factors": (3.0,)}), (GainConfig, {"db": (6.0, -6.0)}), (NoiseConfig, {"kinds": ("pink", "rain")}),
-    (ReverbConfig, {"rt60": (0.0, 0.5)}), (NoiseConfig, {"prob": 1.5})])
+    (ReverbConfig, {"rt60": (0.0, 0.5)}), (NoiseConfig, {"prob": 1.5}), (VtlpConfig, {"warp": (0.5, 1.1)})])
 def test_bad_augmentation_settings_name_the_key(config, values):
     with pytest.raises(ConfigError, match=config.__name__.removesuffix("Config").lower()):
         config(**values)

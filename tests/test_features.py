@@ -38,9 +38,11 @@ def _batch(lengths, seed=0):
     return waveforms, torch.tensor(lengths)
 
 
-def _kaldi(waveform, config):
-    """Reference features of one utterance (samples,) with torchaudio's Kaldi port."""
+def _kaldi(waveform, config, warp=1.0):
+    """Reference features of one utterance (samples,) with torchaudio's Kaldi port (`warp`: its
+    VTLN warp factor)."""
     options = dict(
+        vtln_warp=warp,
         num_mel_bins=config.num_mel_bins,
         frame_length=config.frame_length_ms,
         frame_shift=config.frame_shift_ms,
@@ -67,6 +69,37 @@ CONFIGS = [
     FeatureConfig(kind="mfcc", num_mel_bins=23, use_energy=True, low_freq=40.0, high_freq=-400.0),
     FeatureConfig(kind="mfcc", snip_edges=False, preemphasis=0.0, frame_shift_ms=12.5),
 ]
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[3]], ids=["fbank", "mfcc"])
+def test_warped_filterbanks_match_kaldis_vtln_per_utterance(config, monkeypatch):
+    # vocal tract length perturbation: one factor per utterance, each row against Kaldi's VTLN
+    # warp of that factor; 1.0 is Kaldi's own filterbank. Time blocks split the rows too.
+    monkeypatch.setattr(features, "CPU_BLOCK_FRAMES", 150)
+    waveforms, lengths = _batch(LENGTHS[:3])
+    warp = torch.tensor([0.88, 1.0, 1.13])
+    feats, frame_lengths = compute_features(waveforms, lengths, config, dither=0.0, warp=warp)
+    unwarped, _ = compute_features(waveforms, lengths, config, dither=0.0)
+    for i, n in enumerate(LENGTHS[:3]):
+        valid = int(frame_lengths[i])
+        reference = _kaldi(waveforms[i, :n], config, warp=float(warp[i]))
+        torch.testing.assert_close(feats[i, :valid], reference, atol=1e-3, rtol=0)
+        if warp[i] != 1.0:
+            assert (unwarped[i, :valid] - reference).abs().max() > 1.0  # the warp changed them
+
+
+def test_a_warp_moves_a_tone_to_the_filter_of_its_warped_frequency():
+    config = FeatureConfig()
+    t = torch.arange(16000) / 16000
+    tone = (0.5 * torch.sin(2 * math.pi * 1000.0 * t)).repeat(3, 1)
+    feats, _ = compute_features(tone, torch.full((3,), 16000), config, dither=0.0, warp=torch.tensor([1.0, 1.1, 0.9]))
+
+    def mel(hz):
+        return 1127.0 * math.log(1.0 + hz / 700.0)
+
+    spacing = (mel(8000.0) - mel(config.low_freq)) / (config.num_mel_bins + 1)
+    expected = [round((mel(factor * 1000.0) - mel(config.low_freq)) / spacing) - 1 for factor in (1.0, 1.1, 0.9)]
+    assert feats.mean(dim=1).argmax(dim=-1).tolist() == expected  # a formant at F reads as one at a * F
 
 
 @pytest.mark.parametrize("block", [None, 7, 200], ids=["one-block", "time-blocks", "row-blocks"])
@@ -209,6 +242,22 @@ def test_utterance_cmn_removes_each_utterances_own_mean_after_global_cmvn():
     # so the global mean no longer matters: another one gives the same output
     shifted = Frontend(FeatureConfig(utterance_cmn=True), GlobalCMVN(mean + 1.0, std)).eval()
     torch.testing.assert_close(shifted(waves, lengths)[0], out, atol=1e-5, rtol=0)
+
+
+def test_the_training_frontend_warps_with_vtlp_and_refuses_a_filterbank_without_room_for_it():
+    from asr.augment import VtlpConfig
+    from asr.frontend import Frontend
+
+    mean, std = torch.zeros(80), torch.ones(80)
+    waves, lengths = _batch([16000, 12000])
+    config = FeatureConfig(dither=0.0)
+    no_masks = SpecAugmentConfig(freq_masks=0, time_masks=0)
+    frontend = Frontend(config, GlobalCMVN(mean, std), no_masks, vtlp=VtlpConfig(prob=1.0, warp=(1.1, 1.1))).train()
+    out, _ = frontend(waves, lengths)
+    torch.testing.assert_close(out, compute_features(waves, lengths, config, warp=torch.tensor([1.1, 1.1]))[0])
+    torch.testing.assert_close(frontend.eval()(waves, lengths)[0], compute_features(waves, lengths, config)[0])
+    with pytest.raises(ConfigError, match="vtlp: the warp needs features.low_freq < 100 Hz"):
+        Frontend(FeatureConfig(low_freq=150.0), GlobalCMVN(mean, std), vtlp=VtlpConfig(prob=0.5))
 
 
 def test_cmvn_from_stats_floors_std():

@@ -46,6 +46,7 @@ TINY = [
     "reverb.prob=0.3",
     "noise.prob=0.5",
     "gain.prob=0.5",
+    "vtlp.prob=0.5",
     "data.max_duration=5",  # with 2 buckets: 4 batches an epoch
     "data.num_buckets=2",
     "data.num_workers=0",
