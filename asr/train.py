@@ -165,6 +165,7 @@ class TrainState:
 
 # --- loss and one step -----------------------------------------------------------------------
 CTC = nn.CTCLoss(blank=0, reduction="none", zero_infinity=True)
+_LEFT_OUT: set[str] = set()  # utterances already named in a warning by this process (once each)
 
 
 def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
@@ -173,8 +174,9 @@ def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_len
 
     log_probs (B, T, V) float32, out_lengths (B,), targets (B, S) padded, target_lengths (B,).
     An utterance whose labels do not fit in its output frames (the manifest's duration was off)
-    is left out of the loss and counted in "skipped" with a warning, never an infinite or
-    silently zeroed loss. Returns (loss, {"loss_sum", "utts", "skipped"}).
+    is left out of the loss and counted in "skipped" (the step lines' skipped_utts), never an
+    infinite or silently zeroed loss; a warning names it the first time only (sped-up copies of
+    tight utterances fall short every few epochs). Returns (loss, {"loss_sum", "utts", "skipped"}).
     """
     feasible = ctc_min_frames(targets, target_lengths) <= out_lengths
     losses = CTC(log_probs.transpose(0, 1), targets, out_lengths, target_lengths)  # (B,)
@@ -182,8 +184,11 @@ def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_len
     utts = int(feasible.sum())
     skipped = len(ids) - utts
     if skipped:
-        bad = [utt for utt, ok in zip(ids, feasible.tolist()) if not ok]
-        log.warning("left out of the loss, more CTC labels than output frames: %s", ", ".join(bad))
+        new = [utt for utt, ok in zip(ids, feasible.tolist()) if not ok and utt not in _LEFT_OUT]
+        if new:
+            _LEFT_OUT.update(new)
+            log.warning("left out of the loss, more CTC labels than output frames (a duration off in the "
+                        "manifest, or the utterance sped up): %s", ", ".join(new))
     return losses.sum() / max(utts, 1), {"loss_sum": float(losses.detach().sum()), "utts": utts, "skipped": skipped}
 
 

@@ -548,3 +548,20 @@ def test_default_threads_never_ask_for_more_than_the_cores(monkeypatch, cores, l
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
     assert fitting_threads(workers) == expected
+
+
+def test_an_infeasible_utterance_is_left_out_of_the_loss_and_named_once(caplog):
+    from asr.train import ctc_loss
+
+    torch.manual_seed(0)
+    log_probs = torch.randn(2, 6, 5).log_softmax(-1)
+    targets = torch.tensor([[1, 2, 3, 0, 0, 0, 0], [1, 2, 3, 4, 1, 2, 3]])
+    out_lengths, target_lengths = torch.tensor([6, 6]), torch.tensor([3, 7])  # 7 labels cannot fit in 6 frames
+    alone = torch.nn.functional.ctc_loss(log_probs[:1].transpose(0, 1), targets[:1, :3], out_lengths[:1],
+                                         target_lengths[:1], reduction="sum")
+    for _ in range(2):  # the same batch again (a later epoch)
+        loss, stats = ctc_loss(log_probs, out_lengths, targets, target_lengths, ["ok-1", "tight-1"])
+        torch.testing.assert_close(loss, alone)
+        assert (stats["utts"], stats["skipped"]) == (1, 1)
+    named = [r.getMessage() for r in caplog.records if "left out of the loss" in r.getMessage()]
+    assert len(named) == 1 and named[0].endswith(": tight-1")
