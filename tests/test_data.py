@@ -201,7 +201,6 @@ def _write_corpus(tmp_path, sample_rate=16000):
 
 
 def test_dataset_returns_audio_and_tokens(tmp_path):
-    pytest.importorskip("asr.audio")
     records, waves = _write_corpus(tmp_path)
     tok = Tokenizer.build(r["text"] for r in records[:3])  # "XYZ" is out of vocabulary
     dataset = AudioDataset(records, tok)
@@ -218,7 +217,6 @@ def test_dataset_returns_audio_and_tokens(tmp_path):
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_make_loader(tmp_path, num_workers):
-    pytest.importorskip("asr.audio")
     records, waves = _write_corpus(tmp_path)
     tok = Tokenizer.build(r["text"] for r in records)
     loader = make_loader(records, tok, max_duration=1.0, shuffle=True, seed=0, num_workers=num_workers)

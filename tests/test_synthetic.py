@@ -16,6 +16,8 @@ import soundfile
 from asr.cli import main as cli_main
 from asr.data import synthetic
 from asr.data.grammar import MAX_WORDS, MIN_WORDS, number_words, sentence_generator
+from asr.data.librispeech import prepare_corpus
+from asr.data.manifest import read_manifest
 from asr.data.synthetic import (
     ENGINE_PACKAGES,
     ENGINE_VOICES,
@@ -374,12 +376,9 @@ def test_tiny_corpus_is_reproducible_and_resumable(tiny_corpus, tmp_path):
 
 @needs_espeak
 def test_tiny_corpus_prepares_to_a_manifest(tiny_corpus, tmp_path):
-    librispeech = pytest.importorskip("asr.data.librispeech")
     root, _ = tiny_corpus
-    summary = librispeech.prepare_corpus(root / "test", tmp_path / "test.jsonl", num_workers=1)
+    summary = prepare_corpus(root / "test", tmp_path / "test.jsonl", num_workers=1)
     assert summary.utterances == 2
-    from asr.data.manifest import read_manifest
-
     records = read_manifest(tmp_path / "test.jsonl")
     expected = list(itertools.islice(sentence_generator(text_seed(TINY.seed, "test")), 2))
     assert sorted(r["text"] for r in records) == sorted(expected)
