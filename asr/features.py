@@ -196,18 +196,17 @@ def _mel_matrix(config: FeatureConfig, warp: Tensor | None = None) -> Tensor:
     index = torch.arange(bins, dtype=torch.float32).unsqueeze(1)  # (bins, 1)
     corners = [mel_low + (index + offset) * delta for offset in (0.0, 1.0, 2.0)]  # left, center, right
     if warp is not None:
-        nyquist = 0.5 * config.sample_rate
         factors = warp.detach().float().cpu().view(-1, 1, 1)  # (B, 1, 1)
+        vtln_high = _from_nyquist(config, VTLN_HIGH)
 
         def warped(mel: Tensor) -> Tensor:
             hz = 700.0 * (torch.exp(mel / 1127.0) - 1.0)
-            hz = vtln_warp_hz(hz, factors, low_freq, high_freq, VTLN_LOW, nyquist + VTLN_HIGH)
-            return 1127.0 * (1.0 + hz / 700.0).log()
+            return _mel(vtln_warp_hz(hz, factors, low_freq, high_freq, VTLN_LOW, vtln_high))
 
         corners = [warped(mel) for mel in corners]  # each (B, bins, 1)
     left, center, right = corners
     fft_freq = config.sample_rate / fft_size * torch.arange(fft_size // 2, dtype=torch.float32)
-    fft_mel = (1127.0 * (1.0 + fft_freq / 700.0).log()).unsqueeze(0)  # (1, fft_size // 2)
+    fft_mel = _mel(fft_freq).unsqueeze(0)  # (1, fft_size // 2)
     up = (fft_mel - left) / (center - left)
     down = (right - fft_mel) / (right - center)
     weights = torch.clamp(torch.minimum(up, down), min=0.0)  # ([B,] bins, fft_size // 2)
@@ -220,14 +219,24 @@ def _mel_matrix(config: FeatureConfig, warp: Tensor | None = None) -> Tensor:
 VTLN_LOW, VTLN_HIGH = 100.0, -500.0
 
 
+def _mel(hz: Tensor) -> Tensor:
+    """Kaldi's mel scale, 1127 ln(1 + f / 700)."""
+    return 1127.0 * (1.0 + hz / 700.0).log()
+
+
+def _from_nyquist(config: FeatureConfig, freq: float) -> float:
+    """A frequency option as Kaldi reads it: a value <= 0 is an offset from Nyquist."""
+    return freq if freq > 0 else 0.5 * config.sample_rate + freq
+
+
 def _high_freq(config: FeatureConfig) -> float:
-    return config.high_freq if config.high_freq > 0 else 0.5 * config.sample_rate + config.high_freq
+    return _from_nyquist(config, config.high_freq)
 
 
 def check_vtln(config: FeatureConfig, key: str = "vtlp") -> None:
     """ConfigError unless the filterbank leaves room for Kaldi's VTLN warp:
     low_freq < VTLN_LOW and VTLN_HIGH (from Nyquist) < high_freq."""
-    high = 0.5 * config.sample_rate + VTLN_HIGH
+    high = _from_nyquist(config, VTLN_HIGH)
     if not config.low_freq < VTLN_LOW < high < _high_freq(config):
         raise ConfigError(f"{key}: the warp needs features.low_freq < {VTLN_LOW:g} Hz and features.high_freq "
                           f"above {high:g} Hz (Nyquist {VTLN_HIGH:g}), got low_freq={config.low_freq}, "
