@@ -14,9 +14,10 @@ order the front-end applies them:
 - `SpecAugment`: frequency and time masks on normalised features (Park et al. 2019).
 
 Each has a config section with a probability (0 = off: no random number is drawn) and ranges.
-Random draws come from torch's global generator, which training seeds per rank and checkpoints,
-so an augmented run resumes exactly. Every waveform transform takes and returns
-(waveforms (B, samples), lengths (B,)) and keeps padding at zero.
+Random draws come from the `generator` each forward takes (None: torch's global one); training
+seeds one per batch from (seed, rank, epoch, batch), so an augmented run resumes exactly. Every
+waveform transform takes (waveforms (B, samples), lengths (B,), generator) and returns
+(waveforms, lengths), keeping padding at zero.
 """
 
 from __future__ import annotations
@@ -63,15 +64,15 @@ class Narrowband(nn.Module):
         self.config = config
         self.sample_rate = sample_rate
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, waveforms: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """waveforms (batch, samples), lengths (batch,) -> band-limited copy (training) or waveforms."""
         from asr.audio import resample
 
         rates = [r for r in self.config.rates if r < self.sample_rate]
         if not self.training or self.config.prob <= 0.0 or not rates or waveforms.shape[0] == 0:
             return waveforms
-        chosen = torch.rand(waveforms.shape[0], device=waveforms.device) < self.config.prob
-        which = torch.randint(len(rates), (waveforms.shape[0],), device=waveforms.device)
+        chosen = torch.rand(waveforms.shape[0], device=waveforms.device, generator=generator) < self.config.prob
+        which = torch.randint(len(rates), (waveforms.shape[0],), device=waveforms.device, generator=generator)
         if not bool(chosen.any()):
             return waveforms
         out = waveforms.clone()
@@ -109,19 +110,21 @@ class SpecAugment(nn.Module):
         self.config = config
 
     @staticmethod
-    def _bands(size: int, max_width: Tensor, limit: Tensor, masks: int) -> Tensor:
+    def _bands(size: int, max_width: Tensor, limit: Tensor, masks: int,
+               generator: torch.Generator | None) -> Tensor:
         """(batch, size) True inside `masks` random bands of width <= max_width within [0, limit)."""
         batch = max_width.shape[0]
         device = max_width.device
-        width = (torch.rand(batch, masks, device=device) * (max_width.unsqueeze(1) + 1)).floor().long()
+        width_u, start_u = torch.rand(2, batch, masks, device=device, generator=generator)
+        width = (width_u * (max_width.unsqueeze(1) + 1)).floor().long()
         width = torch.minimum(width, max_width.unsqueeze(1))  # rand() can round to 1.0 in float32
-        start = (torch.rand(batch, masks, device=device) * (limit.unsqueeze(1) - width + 1)).floor().long()
+        start = (start_u * (limit.unsqueeze(1) - width + 1)).floor().long()
         start = torch.minimum(start, limit.unsqueeze(1) - width).clamp_(min=0)
         position = torch.arange(size, device=device).view(1, 1, size)
         inside = (position >= start.unsqueeze(-1)) & (position < (start + width).unsqueeze(-1))  # (B, masks, size)
         return inside.any(dim=1)
 
-    def forward(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
+    def forward(self, feats: Tensor, frame_lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """feats (batch, frames, dim), frame_lengths (batch,) -> masked copy (training) or feats (eval)."""
         if not self.training:
             return feats
@@ -132,33 +135,35 @@ class SpecAugment(nn.Module):
         if config.freq_masks > 0 and config.freq_width > 0:
             max_width = torch.full((batch,), min(config.freq_width, dim), device=device, dtype=torch.long)
             limit = torch.full((batch,), dim, device=device, dtype=torch.long)
-            mask |= self._bands(dim, max_width, limit, config.freq_masks).unsqueeze(1)
+            mask |= self._bands(dim, max_width, limit, config.freq_masks, generator).unsqueeze(1)
         if config.time_masks > 0 and frames > 0:
             lengths = frame_lengths.to(device).long().clamp(max=frames)
             max_width = (lengths.double() * config.time_width_ratio).floor().long().clamp(max=config.max_time_width)
-            mask |= self._bands(frames, max_width.clamp(min=0), lengths, config.time_masks).unsqueeze(2)
+            mask |= self._bands(frames, max_width.clamp(min=0), lengths, config.time_masks, generator).unsqueeze(2)
         return feats.masked_fill(mask, 0.0)
 
 
 class _Augment(nn.Module):
     """A transform with a config that has a `prob`; the waveform transforms take and return
-    (waveforms, lengths)."""
+    (waveforms, lengths, generator) and return (waveforms, lengths). `generator` (None: torch's
+    global one) is where every draw comes from."""
 
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
 
-    def chosen(self, waveforms: Tensor) -> Tensor | None:
+    def chosen(self, waveforms: Tensor, generator: torch.Generator | None) -> Tensor | None:
         """(B,) bool: the utterances to act on; None when none, in evaluation, or at prob 0 (no draw then)."""
         if not self.training or self.config.prob <= 0.0 or waveforms.shape[0] == 0 or waveforms.shape[1] == 0:
             return None
-        chosen = torch.rand(waveforms.shape[0], device=waveforms.device) < self.config.prob
+        chosen = torch.rand(waveforms.shape[0], device=waveforms.device, generator=generator) < self.config.prob
         return chosen if bool(chosen.any()) else None
 
 
-def _uniform(low_high: tuple[float, float], count: int, device: torch.device) -> Tensor:
+def _uniform(low_high: tuple[float, float], count: int, device: torch.device,
+             generator: torch.Generator | None) -> Tensor:
     low, high = low_high
-    return low + (high - low) * torch.rand(count, device=device)
+    return low + (high - low) * torch.rand(count, device=device, generator=generator)
 
 
 def _check_range(key: str, value: tuple[float, float], low: float = -math.inf, high: float = math.inf) -> None:
@@ -190,13 +195,15 @@ class SpeedPerturb(_Augment):
     samples and every frequency is multiplied by `factor`. The batch is re-padded to its new
     longest utterance."""
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, lengths: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         from asr.audio import resample
 
-        chosen = self.chosen(waveforms)
+        chosen = self.chosen(waveforms, generator)
         if chosen is None:
             return waveforms, lengths
-        which = torch.randint(len(self.config.factors), (waveforms.shape[0],), device=waveforms.device)
+        which = torch.randint(len(self.config.factors), (waveforms.shape[0],), device=waveforms.device,
+                              generator=generator)
         rows, new_lengths = [], lengths.clone()
         for index, factor in enumerate(self.config.factors):
             ratio = Fraction(factor).limit_denominator(100)
@@ -239,12 +246,12 @@ class Vtlp(_Augment):
     the filter Kaldi centres at f moves to f / a, so a formant at F reads as one at a * F (a > 1:
     a shorter vocal tract). Tempo is unchanged, unlike speed perturbation."""
 
-    def forward(self, waveforms: Tensor) -> Tensor | None:
+    def forward(self, waveforms: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
         """(B,) warp factors for the batch `waveforms` (B, samples); None when none is warped."""
-        chosen = self.chosen(waveforms)
+        chosen = self.chosen(waveforms, generator)
         if chosen is None:
             return None
-        return torch.where(chosen, _uniform(self.config.warp, waveforms.shape[0], waveforms.device), 1.0)
+        return torch.where(chosen, _uniform(self.config.warp, waveforms.shape[0], waveforms.device, generator), 1.0)
 
 
 @dataclass(frozen=True)
@@ -262,11 +269,12 @@ class GainConfig:
 class Gain(_Augment):
     """Multiplies chosen utterances by 10^(g/20), g uniform in `db`."""
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        chosen = self.chosen(waveforms)
+    def forward(self, waveforms: Tensor, lengths: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        chosen = self.chosen(waveforms, generator)
         if chosen is None:
             return waveforms, lengths
-        gain_db = _uniform(self.config.db, waveforms.shape[0], waveforms.device) * chosen
+        gain_db = _uniform(self.config.db, waveforms.shape[0], waveforms.device, generator) * chosen
         return waveforms * torch.pow(10.0, gain_db / 20.0)[:, None], lengths
 
 
@@ -288,14 +296,33 @@ class NoiseConfig:
             raise ConfigError(f"noise.kinds: expected some of {NOISE_KINDS}, got {list(self.kinds)!r}")
 
 
-def coloured_noise(shape: tuple[int, int], exponent: float, device: torch.device) -> Tensor:
-    """Gaussian noise (B, samples) whose power spectrum falls as 1/f^exponent (0 white, 1 pink, 2 brown)."""
-    white = torch.randn(shape, device=device)
+def coloured_noise(shape: tuple[int, int], exponent: float, device: torch.device,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise (B, samples) whose power spectrum falls as 1/f^exponent (0 white, 1 pink, 2 brown).
+    Shaped at a fast FFT length (`fft_length`) and cut to `samples`."""
     if exponent == 0.0:
-        return white
-    spectrum = torch.fft.rfft(white, dim=-1)
+        return torch.randn(shape, device=device, generator=generator)
+    size = fft_length(shape[-1])
+    spectrum = torch.fft.rfft(torch.randn(shape[0], size, device=device, generator=generator), dim=-1)
     freqs = torch.arange(spectrum.shape[-1], device=device, dtype=torch.float32).clamp(min=1.0)
-    return torch.fft.irfft(spectrum * freqs.pow(-exponent / 2), n=shape[-1], dim=-1)
+    return torch.fft.irfft(spectrum * freqs.pow(-exponent / 2), n=size, dim=-1)[:, : shape[-1]]
+
+
+def fft_length(n: int) -> int:
+    """The smallest length >= n whose only prime factors are 2, 3 and 5: an FFT of an arbitrary
+    length (a batch's padded samples) can be 5-15x slower than at this one, a few percent longer."""
+    best = 1 << max(0, n - 1).bit_length()
+    five = 1
+    while five < best:
+        three = five
+        while three < best:
+            size = three
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            three *= 3
+        five *= 5
+    return best
 
 
 class AdditiveNoise(_Augment):
@@ -303,19 +330,20 @@ class AdditiveNoise(_Augment):
     valid samples is the drawn SNR. Babble is the sum of the other utterances of the batch
     (rolled in time), scaled the same way."""
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, lengths: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         batch, samples = waveforms.shape
-        chosen = self.chosen(waveforms)
+        chosen = self.chosen(waveforms, generator)
         if chosen is None:
             return waveforms, lengths
         device, valid = waveforms.device, valid_mask(lengths.to(waveforms.device), samples)
-        snr_db = _uniform(self.config.snr_db, batch, device)
-        kind = torch.randint(len(self.config.kinds), (batch,), device=device)
+        snr_db = _uniform(self.config.snr_db, batch, device, generator)
+        kind = torch.randint(len(self.config.kinds), (batch,), device=device, generator=generator)
         noise = torch.zeros_like(waveforms)
         for index, name in enumerate(self.config.kinds):
             rows = (chosen & (kind == index)).nonzero().squeeze(1)
             if rows.numel():
-                noise[rows] = self._noise(name, waveforms, rows)
+                noise[rows] = self._noise(name, waveforms, rows, generator)
         noise = noise.masked_fill(~valid, 0.0)
         count = valid.sum(dim=1).clamp(min=1)
         signal_power = waveforms.square().sum(dim=1) / count
@@ -324,14 +352,14 @@ class AdditiveNoise(_Augment):
         return waveforms + noise * (scale * chosen)[:, None], lengths
 
     @staticmethod
-    def _noise(name: str, waveforms: Tensor, rows: Tensor) -> Tensor:
+    def _noise(name: str, waveforms: Tensor, rows: Tensor, generator: torch.Generator | None) -> Tensor:
         shape = (rows.numel(), waveforms.shape[1])
         if name != "babble":
-            return coloured_noise(shape, {"white": 0.0, "pink": 1.0, "brown": 2.0}[name], waveforms.device)
+            return coloured_noise(shape, {"white": 0.0, "pink": 1.0, "brown": 2.0}[name], waveforms.device, generator)
         others = torch.zeros(shape, device=waveforms.device)
         for shift in range(1, min(waveforms.shape[0], 4)):  # up to three other talkers
             others += torch.roll(waveforms, shifts=shift, dims=0)[rows].roll(shift * 1600, dims=1)
-        return others if waveforms.shape[0] > 1 else coloured_noise(shape, 1.0, waveforms.device)
+        return others if waveforms.shape[0] > 1 else coloured_noise(shape, 1.0, waveforms.device, generator)
 
 
 @dataclass(frozen=True)
@@ -348,14 +376,16 @@ class ReverbConfig:
         _check_range("reverb.drr_db", self.drr_db, -20.0, 40.0)
 
 
-def room_impulse_response(rt60: Tensor, drr_db: Tensor, sample_rate: int) -> Tensor:
+def room_impulse_response(rt60: Tensor, drr_db: Tensor, sample_rate: int,
+                          generator: torch.Generator | None = None) -> Tensor:
     """Impulse responses (B, taps) of a statistical room model (Polack's): a direct-path impulse
     at t = 0, then a Gaussian-noise tail whose amplitude decays as exp(-3 ln(10) t / RT60) (energy
     down 60 dB at RT60), scaled so that direct energy / tail energy is `drr_db`. Taps cover the
     longest RT60."""
     taps = max(2, int(float(rt60.max()) * sample_rate))
     t = torch.arange(taps, device=rt60.device, dtype=torch.float32)[None, :] / sample_rate
-    tail = torch.randn(rt60.shape[0], taps, device=rt60.device) * torch.exp(-3 * math.log(10) * t / rt60[:, None])
+    decay = torch.exp(-3 * math.log(10) * t / rt60[:, None])
+    tail = torch.randn(rt60.shape[0], taps, device=rt60.device, generator=generator) * decay
     tail[:, 0] = 0.0
     tail_energy = tail.square().sum(dim=1, keepdim=True).clamp(min=1e-20)
     tail = tail * torch.sqrt(torch.pow(10.0, -drr_db / 10.0)[:, None] / tail_energy)
@@ -371,16 +401,18 @@ class Reverb(_Augment):
         super().__init__(config)
         self.sample_rate = sample_rate
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, lengths: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         batch, samples = waveforms.shape
-        chosen = self.chosen(waveforms)
+        chosen = self.chosen(waveforms, generator)
         if chosen is None:
             return waveforms, lengths
         rows = chosen.nonzero().squeeze(1)
         device = waveforms.device
-        rir = room_impulse_response(_uniform(self.config.rt60, rows.numel(), device),
-                                    _uniform(self.config.drr_db, rows.numel(), device), self.sample_rate)
-        size = samples + rir.shape[1]
+        rir = room_impulse_response(_uniform(self.config.rt60, rows.numel(), device, generator),
+                                    _uniform(self.config.drr_db, rows.numel(), device, generator), self.sample_rate,
+                                    generator)
+        size = fft_length(samples + rir.shape[1])  # no wrap-around: linear convolution
         dry = waveforms[rows]
         wet = torch.fft.irfft(torch.fft.rfft(dry, n=size) * torch.fft.rfft(rir, n=size), n=size)[:, :samples]
         valid = valid_mask(lengths.to(device)[rows], samples)

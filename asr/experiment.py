@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asr.experiment")
 
 AMP_MODES = ("bf16", "fp16", "none")
+FRONTEND_THREAD = ("auto", "always", "never")  # train.frontend_thread
 DECAYS = ("cosine", "noam", "exponential", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
 # Tokens a normalised English transcript is made of; anything else in tokens.txt is worth a warning.
@@ -131,6 +132,10 @@ class TrainConfig:
     # CPU intra-op threads of each training process; 0 = what fits the machine: the cores this process
     # may use, shared by the processes of this node, less one per loader worker (asr.runtime.fitting_threads)
     threads: int = 0
+    # The front-end (augmentation, features) of the next batches in a thread beside the model's step:
+    # "auto" = on the CPU when the process trains on one thread and has a second core (asr.runtime.frontend_ahead),
+    # "always", "never". The draws are the same either way (one generator per batch).
+    frontend_thread: str = "auto"
     debug_rank_files: bool = False  # each rank writes log/debug/rank<R>.batches.txt and rank<R>.final.pt (tests)
 
     def __post_init__(self) -> None:
@@ -142,6 +147,8 @@ class TrainConfig:
         _check(self.valid_every >= 0, "train.valid_every", self.valid_every, ">= 0")
         _check(self.amp in AMP_MODES, "train.amp", self.amp, f"one of {AMP_MODES}")
         _check(self.threads >= 0, "train.threads", self.threads, ">= 0")
+        _check(self.frontend_thread in FRONTEND_THREAD, "train.frontend_thread", self.frontend_thread,
+               f"one of {FRONTEND_THREAD}")
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,8 @@ def _frames(waveforms: Tensor, lengths: Tensor, total: int, config: FeatureConfi
 
 
 def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
-                     dither: float | None = None, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                     dither: float | None = None, warp: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Kaldi fbank or MFCC features of a padded batch, computed on `waveforms.device`.
 
     Args:
@@ -306,6 +307,7 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
             passes 0 in evaluation mode, `compute_cmvn` always.
         warp: (batch,) VTLN warp factors, one filterbank per utterance (1 = Kaldi's own); training's
             vocal tract length perturbation (`asr.augment.Vtlp`). None: no warp.
+        generator: where the dither comes from (None: torch's global generator).
 
     Returns:
         feats: (batch, frames, config.dim) float32; frames past an utterance's length are 0.
@@ -330,7 +332,7 @@ def compute_features(waveforms: Tensor, lengths: Tensor, config: FeatureConfig,
         dither = config.dither if dither is None else dither
         for rows, steps in _blocks(frame_lengths, total, device):
             feats[rows, steps] = _block_features(frames[rows, steps], config, dither, window,
-                                                 mel if mel.dim() == 2 else mel[rows], dct, lifter)
+                                                 mel if mel.dim() == 2 else mel[rows], dct, lifter, generator)
         feats.masked_fill_(~valid_mask(frame_lengths, total).unsqueeze(-1), 0.0)
     return feats, frame_lengths
 
@@ -360,7 +362,7 @@ def _blocks(frame_lengths: Tensor, total: int, device: torch.device) -> list[tup
 
 def _block_features(
     frames: Tensor, config: FeatureConfig, dither: float, window: Tensor, mel_matrix: Tensor, dct_matrix: Tensor | None,
-    lifter: Tensor | None,
+    lifter: Tensor | None, generator: torch.Generator | None = None,
 ) -> Tensor:
     """Features of raw frames (b, t, window_size) -> (b, t, config.dim), float32.
 
@@ -371,7 +373,8 @@ def _block_features(
     padded = frames.new_zeros(*frames.shape[:2], config.fft_size)
     x = padded[..., : config.window_size]  # a view: every step below writes into the buffer
     if dither > 0.0:
-        frames = frames + torch.randn_like(frames) * (dither / WAVEFORM_SCALE)
+        noise = torch.randn(frames.shape, dtype=frames.dtype, device=frames.device, generator=generator)
+        frames = frames + noise * (dither / WAVEFORM_SCALE)
     torch.sub(frames, frames.mean(dim=-1, keepdim=True), out=x)  # remove DC offset, per frame
     if config.use_energy:  # Kaldi's raw energy: before pre-emphasis and window
         energy = x.square().sum(-1).mul_(WAVEFORM_SCALE**2).clamp_(min=_EPSILON).log_()  # (b, t)

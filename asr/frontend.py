@@ -38,8 +38,8 @@ from asr.lengths import valid_mask
 class Frontend(nn.Module):
     """Waveforms -> normalised (and, in training, augmented) features, on the waveforms' device.
 
-    It holds no trainable parameters: CMVN statistics are buffers, the augmentations draw from
-    torch's global generator (seeded and checkpointed by training).
+    It holds no trainable parameters: CMVN statistics are buffers; the augmentations draw from the
+    generator `forward` is given (training seeds one per batch) or torch's global one.
     """
 
     def __init__(self, features: FeatureConfig, cmvn: GlobalCMVN, specaug: SpecAugmentConfig = SpecAugmentConfig(),
@@ -75,22 +75,24 @@ class Frontend(nn.Module):
         return self.features.dim
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) at `sample_rate`, zero-padded, float in [-1, 1] or int16 (the loader's
         batches, `asr.data.dataset.Batch`: divided by WAVEFORM_SCALE here, on the device); wave_lengths
         (B,) -> features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64. Speed
-        perturbation (training) changes lengths: frame_lengths follow it."""
+        perturbation (training) changes lengths: frame_lengths follow it. Every random draw (augmentation,
+        dither) comes from `generator` (None: torch's global one), on the waveforms' device."""
         waveforms = waveforms.float() / WAVEFORM_SCALE if waveforms.dtype == torch.int16 else waveforms.float()
         for augment in self.waveform_augments:
-            waveforms, wave_lengths = augment(waveforms, wave_lengths)
-        waveforms = self.narrowband(waveforms, wave_lengths)
+            waveforms, wave_lengths = augment(waveforms, wave_lengths, generator)
+        waveforms = self.narrowband(waveforms, wave_lengths, generator)
         dither = self.features.dither if self.training else 0.0
         features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither,
-                                                   warp=self.vtlp(waveforms))
+                                                   warp=self.vtlp(waveforms, generator), generator=generator)
         features = self.cmvn(features, frame_lengths)
         if self.features.utterance_cmn:
             features = utterance_mean_removed(features, frame_lengths)
-        return self.specaug(features, frame_lengths), frame_lengths
+        return self.specaug(features, frame_lengths, generator), frame_lengths
 
 
 def utterance_mean_removed(features: Tensor, frame_lengths: Tensor) -> Tensor:

@@ -29,17 +29,20 @@ utterance, so the gradient scale does not depend on the batch size or on transcr
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import gc
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +71,8 @@ from asr.runtime import (
     Runtime,
     StopRequest,
     autocast_context,
+    derive_seed,
+    frontend_ahead,
     get_rng_state,
     recurrent_dtype,
     reduce_sums,
@@ -165,7 +170,7 @@ class TrainState:
 
 # --- loss and one step -----------------------------------------------------------------------
 CTC = nn.CTCLoss(blank=0, reduction="none", zero_infinity=True)
-_LEFT_OUT: set[str] = set()  # utterances already named in a warning by this process (once each)
+_LEFT_OUT: set[str] = set()  # utterances already named in a warning by this run (once each)
 
 
 def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
@@ -192,14 +197,16 @@ def ctc_loss(log_probs: Tensor, out_lengths: Tensor, targets: Tensor, target_len
     return losses.sum() / max(utts, 1), {"loss_sum": float(losses.detach().sum()), "utts": utts, "skipped": skipped}
 
 
-def compute_loss(model: nn.Module, frontend: Frontend, batch, runtime: Runtime) -> tuple[Tensor, dict, Tensor, Tensor]:
+def compute_loss(model: nn.Module, frontend: Frontend, batch, runtime: Runtime,
+                 features: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict, Tensor, Tensor]:
     """CTC loss of a batch already on the device, in the modules' current modes (training:
-    augmentation, dither, dropout; evaluation: none of them).
+    augmentation, dither, dropout; evaluation: none of them). `features`: the batch's (features,
+    frame_lengths) when the front-end already ran (`training_batches`), else `frontend` runs here.
 
     Returns (loss: a scalar with grad when training; stats: ctc_loss's plus "frames"; log_probs
     (B, T, V) float32 detached; out_lengths (B,)).
     """
-    features, frame_lengths = frontend(batch.waveforms, batch.wave_lengths)
+    features, frame_lengths = features if features is not None else frontend(batch.waveforms, batch.wave_lengths)
     with autocast_context(runtime.device, runtime.amp):
         log_probs, out_lengths = model(features, frame_lengths)  # (B, T, V), (B,)
     log_probs = log_probs.float()
@@ -238,14 +245,86 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, l
 
 
 def train_step(model: nn.Module, frontend: Frontend, optimizer: torch.optim.Optimizer, scaler, batch, lr: float,
-               grad_clip: float, runtime: Runtime) -> dict:
-    """One optimizer step on `batch` (on the device). Returns compute_loss's stats plus "lr",
-    "grad_norm" and "stepped" (False when the gradient was not finite and the step was skipped)."""
-    loss, stats, _, _ = compute_loss(model, frontend, batch, runtime)
+               grad_clip: float, runtime: Runtime, features: tuple[Tensor, Tensor] | None = None) -> dict:
+    """One optimizer step on `batch` (on the device; `features` as `compute_loss` takes them).
+    Returns compute_loss's stats plus "lr", "grad_norm" and "stepped" (False when the gradient was
+    not finite and the step was skipped)."""
+    loss, stats, _, _ = compute_loss(model, frontend, batch, runtime, features)
     return stats | optimizer_step(model, optimizer, scaler, loss, lr, grad_clip)
 
 
 # --- one epoch -------------------------------------------------------------------------------
+def batch_generator(device: torch.device, seed: int, rank: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of the front-end's draws (augmentation, dither) for batch `index` of `epoch`
+    on `rank`: one seed per batch, so a resumed run draws what an uninterrupted one did, whichever
+    thread computes the batch."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, "frontend", rank, epoch, index))
+    return generator
+
+
+def training_batches(loader: Iterable, frontend: Frontend, runtime: Runtime, seed: int, epoch: int, first: int,
+                     ahead: bool) -> Iterator[tuple]:
+    """(batch on the device, unreadable utterances, (features, frame_lengths)) for the loader's
+    batches, numbered from `first` (the epoch's batches already done); batch and features are None
+    when every utterance of the batch failed to load. The front-end runs in training mode with
+    `batch_generator`'s draws; with `ahead`, a thread computes the next two batches while the
+    caller trains on this one (torch's kernels release the GIL), on a copy of `frontend`, so
+    validation's eval() between steps cannot reach a batch in flight."""
+    frontend = copy.deepcopy(frontend).train() if ahead else frontend.train()
+
+    def produce() -> Iterator[tuple]:
+        for index, (batch, unreadable) in enumerate(loader, start=first):
+            if batch is None:
+                yield None, unreadable, None
+                continue
+            batch = batch.to(runtime.device, non_blocking=runtime.device.type == "cuda")
+            generator = batch_generator(runtime.device, seed, runtime.rank, epoch, index)
+            yield batch, unreadable, frontend(batch.waveforms, batch.wave_lengths, generator)
+
+    return in_background(produce(), depth=2) if ahead else produce()
+
+
+def in_background(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced by a thread up to `depth` ahead of the consumer. An exception in the
+    thread is raised here; when the consumer stops (break, an exception, the end), the thread
+    stops after the item it is on and `items` is closed."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((item, None))
+            slots.put((end, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            slots.put((end, err))
+        finally:
+            if hasattr(items, "close"):  # a generator: its own clean-up runs here, in this thread
+                items.close()
+
+    thread = threading.Thread(target=produce, name="asr-frontend", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = slots.get()
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # free a slot for a put that waits, until the thread sees `stop`
+            try:
+                slots.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 class LogWindow:
     """Sums of the steps since the last log line, reduced over ranks when logged."""
 
@@ -292,12 +371,14 @@ def train_one_epoch(model: nn.Module, frontend: Frontend, optimizer: torch.optim
 
     loader.batch_sampler.set_epoch(state.epoch)
     model.train()
-    frontend.train()
     total, window = len(loader.batch_sampler), LogWindow()
+    batches = training_batches(loader, frontend, runtime, config.train.seed, state.epoch, state.batches_done,
+                               frontend_ahead(runtime.device, config.train.frontend_thread))
     frame_shift_s = config.features.frame_shift_ms / 1000
-    with tqdm(total=total, initial=state.batches_done, desc=f"epoch {state.epoch + 1}", unit="batch",
-              disable=None if runtime.is_main else True, leave=False, dynamic_ncols=True) as progress:
-        for batch, unreadable in loader:
+    with contextlib.closing(batches), tqdm(total=total, initial=state.batches_done, desc=f"epoch {state.epoch + 1}",
+                                           unit="batch", disable=None if runtime.is_main else True, leave=False,
+                                           dynamic_ncols=True) as progress:
+        for batch, unreadable, features in batches:
             bad.add(unreadable)
             if batch is None:  # every utterance of the batch failed to load: no step
                 if runtime.distributed:
@@ -307,9 +388,8 @@ def train_one_epoch(model: nn.Module, frontend: Frontend, optimizer: torch.optim
                 progress.update(1)
                 continue
             metrics.debug("batches.txt", f"{state.step + 1} {state.epoch} {' '.join(batch.ids)}\n")
-            batch = batch.to(runtime.device, non_blocking=runtime.device.type == "cuda")
             stats = train_step(model, frontend, optimizer, scaler, batch, schedule.lr(state.step + 1),
-                               config.optim.grad_clip, runtime)
+                               config.optim.grad_clip, runtime, features)
             if not stats["stepped"]:
                 state.skipped_steps += 1
                 if scaler is None:
@@ -734,6 +814,7 @@ def _prepare(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: 
 def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Path, runtime: Runtime,
            init: InitFrom | None) -> TrainResult:
     started = time.monotonic()
+    _LEFT_OUT.clear()  # a second run in this process names its left-out utterances again
     log.info("asr train: exp %s, device %s, amp %s, %d process(es)", exp_dir, runtime.device, runtime.amp,
              runtime.world_size)
     prepared, valid_records = _prepare(config, train_manifest, valid_manifest, exp_dir, runtime, init)
@@ -753,7 +834,7 @@ def _train(config: ExperimentConfig, train_manifest, valid_manifest, exp_dir: Pa
     checkpoints = RunCheckpoints(exp_dir / "checkpoints", config.train.keep_last, config, prepared.model_config,
                                  prepared.tokenizer, model, frontend, optimizer, scaler, sampler, schedule, runtime,
                                  bad)
-    # Per-rank dropout, augmentation streams (rank 0 keeps the single-process stream).
+    # Per-rank dropout streams (rank 0 keeps the single-process stream); the front-end seeds each batch.
     torch.manual_seed(config.train.seed + 1 + runtime.rank)
     state = TrainState()
     if (exp_dir / "checkpoints" / "last.pt").exists():

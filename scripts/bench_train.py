@@ -4,7 +4,8 @@
 (a) ours: duration-bucketed batches (`BucketingBatchSampler`, `data.max_duration` padded seconds
     per batch), features computed in batch on the device (`asr.frontend.Frontend`: narrow-band,
     fbank/MFCC, CMVN, SpecAugment), the configured model (conv front-end subsampling time, e.g. by
-    4), CTC: each step is `asr.train.train_step`, the step `asr train` runs.
+    4), CTC: each step is `asr.train.train_step`, the step `asr train` runs, with the front-end of
+    the next batches in a thread beside it where `asr train` does that (`train.frontend_thread`).
 (b) baseline: the plain loop of the same size: random batches of a fixed number of utterances,
     features computed per utterance with `torchaudio.compliance.kaldi` inside the Dataset (in the
     loader workers), no front-end (the RNN sees every 10 ms frame), same rnn_type, hidden, layers.
@@ -39,6 +40,7 @@ Figures on a shared CPU are approximate (other processes compete for the cores).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -64,10 +66,18 @@ from asr.experiment import load_experiment_config, select_utterances  # noqa: E4
 from asr.features import WAVEFORM_SCALE, FeatureConfig, GlobalCMVN, compute_cmvn, num_frames  # noqa: E402
 from asr.frontend import Frontend  # noqa: E402
 from asr.model import build_model, count_parameters  # noqa: E402
-from asr.runtime import Runtime, autocast_context, fitting_threads, seed_everything  # noqa: E402
+from asr.runtime import Runtime, autocast_context, fitting_threads, frontend_ahead, seed_everything  # noqa: E402
 from asr.score import wer_cer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
-from asr.train import Schedule, build_optimizer, ctc_loss, make_schedule, optimizer_step, train_step  # noqa: E402
+from asr.train import (  # noqa: E402
+    Schedule,
+    build_optimizer,
+    ctc_loss,
+    make_schedule,
+    optimizer_step,
+    train_step,
+    training_batches,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,11 +152,11 @@ class Stepper:
         self.scaler = torch.amp.GradScaler("cuda") if runtime.amp == "fp16" else None
         self.schedule = schedule
 
-    def on_batch(self, frontend: Frontend, batch) -> dict:
-        """Ours: `asr.train.train_step` on a waveform batch."""
+    def on_batch(self, frontend: Frontend, batch, features) -> dict:
+        """Ours: `asr.train.train_step` on a waveform batch and its features (`training_batches`)."""
         self.steps += 1
         return train_step(self.model, frontend, self.optimizer, self.scaler, batch, self.schedule.lr(self.steps),
-                          self.grad_clip, self.runtime)
+                          self.grad_clip, self.runtime, features)
 
     def on_features(self, features, frame_lengths, targets, target_lengths) -> dict:
         """The baseline: its own features, then the same loss and optimizer step."""
@@ -190,13 +200,16 @@ def build_ours(config, records, tokenizer, device, num_workers, cmvn: GlobalCMVN
                          sample_rate=config.features.sample_rate)
     stepper = Stepper(model, config, _runtime(config, device), _schedule(config, epochs, len(loader.batch_sampler)))
 
+    ahead = frontend_ahead(device, config.train.frontend_thread)
+
     def epoch_batches(epoch):
         loader.batch_sampler.set_epoch(epoch)
-        return loader
+        return training_batches(((batch, []) for batch in loader), frontend, stepper.runtime, config.train.seed,
+                                epoch, 0, ahead)
 
-    def step(batch):
-        batch = batch.to(device, non_blocking=True)
-        stepper.on_batch(frontend, batch)
+    def step(item):
+        batch, _, features = item
+        stepper.on_batch(frontend, batch, features)
         rnn_lengths = model.output_lengths(num_frames(batch.wave_lengths.cpu(), config.features))
         return (len(batch), float(batch.wave_lengths.sum()) / config.features.sample_rate,
                 int(rnn_lengths.max()) * len(batch), int(rnn_lengths.sum()))
@@ -286,17 +299,23 @@ def _sync(device: torch.device) -> None:
 def time_steps(pipeline: Pipeline, device: torch.device, args) -> Result:
     """Throughput mode: time --steps (or --seconds of) steps after --warmup untimed ones."""
     result = Result(pipeline.name, count_parameters(pipeline.model))
-    batches = itertools.chain.from_iterable(pipeline.epoch_batches(epoch) for epoch in itertools.count())
-    start = None
-    for index, batch in enumerate(batches):
-        if index == args.warmup:
-            _sync(device)
-            start = time.perf_counter()
-        counts = pipeline.step(batch)
-        if start is None:
-            continue
-        result.add(*counts)
-        if result.steps >= args.steps or (args.seconds is not None and time.perf_counter() - start >= args.seconds):
+    start, index, done = None, 0, False
+    for epoch in itertools.count():
+        with contextlib.closing(iter(pipeline.epoch_batches(epoch))) as batches:  # stops a front-end thread
+            for batch in batches:
+                if index == args.warmup:
+                    _sync(device)
+                    start = time.perf_counter()
+                index += 1
+                counts = pipeline.step(batch)
+                if start is None:
+                    continue
+                result.add(*counts)
+                done = result.steps >= args.steps or (args.seconds is not None
+                                                      and time.perf_counter() - start >= args.seconds)
+                if done:
+                    break
+        if done:
             break
     _sync(device)
     if start is not None:

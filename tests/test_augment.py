@@ -22,6 +22,7 @@ from asr.augment import (
     Vtlp,
     VtlpConfig,
     coloured_noise,
+    fft_length,
     room_impulse_response,
 )
 from asr.errors import ConfigError
@@ -137,3 +138,34 @@ def test_reverb_convolves_with_the_room_and_keeps_length_and_level():
 def test_bad_augmentation_settings_name_the_key(config, values):
     with pytest.raises(ConfigError, match=config.__name__.removesuffix("Config").lower()):
         config(**values)
+
+
+def test_fft_length_is_the_next_length_of_only_2_3_and_5():
+    def smooth(n: int) -> bool:
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    expected = [next(m for m in range(n, 2 * n + 2) if smooth(m)) for n in range(1, 3000)]
+    assert [fft_length(n) for n in range(1, 3000)] == expected
+    assert fft_length(171201) == 172800 and fft_length(1 << 20) == 1 << 20
+
+
+def test_a_generator_gives_the_frontend_its_draws_and_leaves_the_global_stream_alone():
+    from asr.features import FeatureConfig, GlobalCMVN
+    from asr.frontend import Frontend
+
+    features = FeatureConfig(num_mel_bins=23)
+    frontend = Frontend(features, GlobalCMVN(torch.zeros(23), torch.ones(23)),
+                        speed=SpeedConfig(prob=1.0), reverb=ReverbConfig(prob=1.0), noise=NoiseConfig(prob=1.0),
+                        gain=GainConfig(prob=1.0), vtlp=VtlpConfig(prob=1.0)).train()
+    waves, lengths = torch.randn(3, RATE), torch.tensor([RATE, 12000, 9000])
+
+    def run(seed: int):
+        return frontend(waves, lengths, torch.Generator().manual_seed(seed))
+
+    state = torch.get_rng_state()
+    (a, a_lengths), (b, b_lengths), (c, _) = run(7), run(7), run(8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and torch.equal(a_lengths, b_lengths) and not torch.equal(a, c)

@@ -194,6 +194,45 @@ def test_resume_matches_an_uninterrupted_run(straight, corpus, tmp_path):
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
 
+def test_the_frontend_in_a_thread_trains_what_it_does_inline_and_resumes_exactly(corpus, tmp_path):
+    """train.frontend_thread: 12 steps with the front-end beside the model (stopped after 6 and
+    resumed) give the weights of 12 steps with it inline: every batch draws from its own generator."""
+    common = ["train.epochs=3", "optim.decay_steps=12", "train.checkpoint_every=5", "train.keep_last=2"]
+    assert run_train(corpus, tmp_path / "inline", *common, "train.max_steps=12", "train.frontend_thread=never") == 0
+    for steps in (6, 12):
+        assert run_train(corpus, tmp_path / "thread", *common, f"train.max_steps={steps}",
+                         "train.frontend_thread=always") == 0
+    threaded, inline = final_weights(tmp_path / "thread"), final_weights(tmp_path / "inline")
+    for key in inline:
+        torch.testing.assert_close(threaded[key], inline[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_in_background_keeps_order_raises_what_the_thread_raised_and_stops_when_left():
+    from asr.train import in_background
+
+    assert list(in_background(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(in_background(failing(), depth=2))
+
+    closed = []
+
+    def endless():
+        try:
+            yield from range(10**9)
+        finally:
+            closed.append(True)
+
+    items = in_background(endless(), depth=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()  # joins the thread, which closes its source
+    assert closed == [True]
+
+
 def test_cli_errors_name_the_key_and_file(corpus, tmp_path, capsys):
     assert run_train(corpus, tmp_path / "e1", "model.hiden=3") == 1
     err = capsys.readouterr().err

@@ -63,6 +63,7 @@ from asr.audio import SAMPLE_RATE, audio_info, resample
 from asr.data.grammar import is_question, number_words, sentence_generator
 from asr.errors import DataError
 from asr.fileio import atomic_open, atomic_write_text, read_text
+from asr.runtime import derive_seed
 from asr.text import normalize_text
 
 SPLITS = ("train", "dev", "test")
@@ -273,12 +274,6 @@ class CorpusSummary:
 
 
 # --- voices and texts ----------------------------------------------------------------------------
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from `seed` and `keys`, stable across machines and Python versions."""
-    text = json.dumps([seed, *[str(k) for k in keys]])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
-
-
 def text_seed(seed: int, split: str) -> int:
     """The seed of `sentence_generator` for `split`'s texts: split texts are independent streams."""
     return derive_seed(seed, "text", split)
