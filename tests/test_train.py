@@ -338,8 +338,10 @@ def test_ddp_two_cpu_processes(corpus, tmp_path):
                                                      "tokens.txt", "training_curves.png"]
 
 
-def test_ctrl_c_saves_last_and_resumes(corpus, tmp_path, monkeypatch):
-    """A SIGINT during step 3 finishes the step, writes last.pt at step 3 and exits 130."""
+@pytest.mark.parametrize("frontend_thread", ["never", "always"])
+def test_ctrl_c_saves_last_and_resumes(corpus, tmp_path, monkeypatch, frontend_thread):
+    """A SIGINT during step 3 finishes the step, writes last.pt at step 3 and exits 130 (with the
+    front-end inline, and in its thread, which the interrupted epoch stops)."""
     import signal
 
     import asr.train
@@ -357,7 +359,7 @@ def test_ctrl_c_saves_last_and_resumes(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(asr.train, "train_step", step_then_interrupt)
     handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     exp = tmp_path / "interrupted"
-    assert run_train(corpus, exp, "train.epochs=2") == 130
+    assert run_train(corpus, exp, "train.epochs=2", f"train.frontend_thread={frontend_thread}") == 130
     last = load_checkpoint(exp / "checkpoints" / "last.pt")
     assert last["step"] == 3 and last["sampler"]["batches_done"] == 3 and last["epoch"] == 0
     assert signal.getsignal(signal.SIGINT) is handler  # handler restored
@@ -475,10 +477,11 @@ def test_ddp_refuses_to_compute_cmvn_behind_a_barrier(corpus, tmp_path):
     assert not (exp / "cmvn.pt").exists()
 
 
-def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpus, tmp_path, capsys):
+@pytest.mark.parametrize("frontend_thread", ["never", "always"])
+def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpus, tmp_path, capsys, frontend_thread):
     """A file that fails to load mid-epoch: the run finishes, the utterance is listed once in
     log/bad_utterances.txt, and the resumed run does not read it again; past
-    data.max_bad_utterances the run stops naming the list."""
+    data.max_bad_utterances the run stops naming the list (front-end inline or in its thread)."""
     root = tmp_path / "data"
     root.mkdir()
     records = [json.loads(line) for line in corpus["train"].read_text().splitlines()]
@@ -493,7 +496,7 @@ def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpu
 
     def train(*overrides):
         return main(["train", "--train", str(manifest), "--valid", str(corpus["valid"]), "--exp", str(exp), *TINY,
-                     *overrides])
+                     f"train.frontend_thread={frontend_thread}", *overrides])
 
     assert train("train.epochs=1") == 0
     listed = (exp / "log" / "bad_utterances.txt").read_text().splitlines()
@@ -505,7 +508,7 @@ def test_an_unreadable_file_is_skipped_listed_and_not_read_again_on_resume(corpu
 
     capsys.readouterr()
     assert main(["train", "--train", str(manifest), "--valid", str(corpus["valid"]), "--exp", str(tmp_path / "strict"),
-                 *TINY, "data.max_bad_utterances=0"]) == 1
+                 *TINY, "data.max_bad_utterances=0", f"train.frontend_thread={frontend_thread}"]) == 1
     err = capsys.readouterr().err
     assert "more than data.max_bad_utterances=0" in err and "bad_utterances.txt" in err and "Traceback" not in err
 
@@ -587,6 +590,23 @@ def test_default_threads_never_ask_for_more_than_the_cores(monkeypatch, cores, l
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
     assert fitting_threads(workers) == expected
+
+
+@pytest.mark.parametrize(("device", "cores", "local_world", "threads", "setting", "expected"),
+                         [("cpu", 2, 1, 1, "auto", True), ("cpu", 2, 1, 2, "auto", False),
+                          ("cpu", 1, 1, 1, "auto", False), ("cpu", 2, 2, 1, "auto", False),
+                          ("cuda", 2, 1, 1, "auto", False),
+                          ("cpu", 16, 1, 15, "always", True), ("cpu", 2, 1, 1, "never", False)])
+def test_the_frontend_thread_takes_a_spare_core_only(monkeypatch, device, cores, local_world, threads, setting,
+                                                     expected):
+    """train.frontend_thread=auto: a thread beside the step only where training runs one intra-op
+    thread and the process has a second core (two OpenMP teams would oversubscribe the cores)."""
+    from asr.runtime import frontend_ahead
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert frontend_ahead(torch.device(device), setting) is expected
 
 
 def test_an_infeasible_utterance_is_left_out_of_the_loss_and_named_once(caplog):
