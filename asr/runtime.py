@@ -68,7 +68,8 @@ def frontend_ahead(device: torch.device, setting: str = "auto") -> bool:
     (train.frontend_thread). "auto": on the CPU, when the process trains on one intra-op thread and
     has a second core; a second intra-op thread adds nothing to a narrow LSTM's step (measured on 2
     cores: 139 and 142 audio-s/s), while the front-end in a thread takes its share of the step off
-    the first core (196 audio-s/s). Off on CUDA, whose kernels already run beside Python."""
+    the first core (scripts/bench_train.py, conf/demo.yaml: 161 and 160 audio-s/s against 135 and
+    141 inline). Off on CUDA, whose kernels already run beside Python."""
     if setting != "auto":
         return setting == "always"
     return device.type == "cpu" and torch.get_num_threads() == 1 and process_cores() >= 2

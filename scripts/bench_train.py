@@ -47,7 +47,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torchaudio
@@ -296,27 +296,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _all_batches(pipeline: Pipeline) -> Iterator:
+    """The pipeline's batches, epoch after epoch; closing it closes the current epoch's batches
+    where they can be closed (`training_batches`: its front-end thread stops)."""
+    for epoch in itertools.count():
+        batches = iter(pipeline.epoch_batches(epoch))
+        try:
+            yield from batches
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+
+
 def time_steps(pipeline: Pipeline, device: torch.device, args) -> Result:
     """Throughput mode: time --steps (or --seconds of) steps after --warmup untimed ones."""
     result = Result(pipeline.name, count_parameters(pipeline.model))
-    start, index, done = None, 0, False
-    for epoch in itertools.count():
-        with contextlib.closing(iter(pipeline.epoch_batches(epoch))) as batches:  # stops a front-end thread
-            for batch in batches:
-                if index == args.warmup:
-                    _sync(device)
-                    start = time.perf_counter()
-                index += 1
-                counts = pipeline.step(batch)
-                if start is None:
-                    continue
-                result.add(*counts)
-                done = result.steps >= args.steps or (args.seconds is not None
-                                                      and time.perf_counter() - start >= args.seconds)
-                if done:
-                    break
-        if done:
-            break
+    start = None
+    with contextlib.closing(_all_batches(pipeline)) as batches:
+        for index, batch in enumerate(batches):
+            if index == args.warmup:
+                _sync(device)
+                start = time.perf_counter()
+            counts = pipeline.step(batch)
+            if start is None:
+                continue
+            result.add(*counts)
+            if result.steps >= args.steps or (args.seconds is not None
+                                              and time.perf_counter() - start >= args.seconds):
+                break
     _sync(device)
     if start is not None:
         result.wall_s = time.perf_counter() - start

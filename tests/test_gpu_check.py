@@ -135,3 +135,35 @@ def test_figures_of_pytest_and_of_a_failed_training(tmp_path):
                                        '{"kind": "train", "step": 50, "loss": NaN}\n')
     with pytest.raises(gpu_check.CheckFailed, match=r"loss not finite at step\(s\) \[50\]"):
         gpu_check.training_figures(tmp_path, 50)("")
+
+
+@pytest.mark.parametrize("closable", [False, True])
+def test_bench_train_times_steps_across_epochs_and_closes_each_epochs_batches(closable):
+    """Throughput mode runs on over epoch ends, and leaves each epoch's batches closed where they
+    can be (a DataLoader's iterator cannot; `training_batches` stops its front-end thread)."""
+    import argparse
+
+    import torch
+
+    bench_train = script("bench_train")
+    opened, closed = [], []
+
+    def epoch_batches(epoch):
+        opened.append(epoch)
+        if not closable:
+            return iter([epoch, epoch])
+
+        def batches():
+            try:
+                yield from (epoch, epoch)
+            finally:
+                closed.append(epoch)
+        return batches()
+
+    seen = []
+    pipeline = bench_train.Pipeline("fake", torch.nn.Linear(1, 1), 2, epoch_batches,
+                                    lambda batch: seen.append(batch) or (1, 1.0, 1, 1), lambda records: iter(()), 0.04)
+    result = bench_train.time_steps(pipeline, torch.device("cpu"),
+                                    argparse.Namespace(warmup=1, steps=4, seconds=None))
+    assert result.steps == 4 and seen == [0, 0, 1, 1, 2]  # one untimed warm-up step, then four
+    assert opened == [0, 1, 2] and closed == ([0, 1, 2] if closable else [])
