@@ -318,12 +318,15 @@ def _add_decode(sub) -> None:
                    help="padded seconds of audio per batch (default 200)")
     p.add_argument("--num-workers", type=non_negative_int, default=0, help="audio loading processes (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--vtln", action="store_true",
+                   help="test-time VTLN: warp each speaker's filterbank by the factor in 0.85..1.15 the model "
+                        "is surest under (the manifest's `speaker`); results in DECODER-vtln/")
     p.set_defaults(func=_run_decode)
 
 
 def _run_decode(args) -> int:
     from asr.device import resolve_device
-    from asr.evaluate import TuneGrid, decode_manifest
+    from asr.evaluate import VTLN_WARPS, TuneGrid, decode_manifest
 
     options = _decoding_options(args)
     tune = None
@@ -333,9 +336,11 @@ def _run_decode(args) -> int:
     _check_outputs(os.path.join(args.exp, "decode"))
     device = resolve_device(args.device)
     results = decode_manifest(args.exp, args.manifest, options, checkpoint=args.checkpoint, set_name=args.set_name,
-                              tune=tune, max_duration=args.max_duration, num_workers=args.num_workers, device=device)
+                              tune=tune, max_duration=args.max_duration, num_workers=args.num_workers, device=device,
+                              vtln_warps=VTLN_WARPS if args.vtln else None)
     low, high = results["wer_ci95"]
-    print(f"{results['set']} {results['decoder_settings']['decoder']}: %WER {results['wer']:.2f} "
+    vtln = " + VTLN" if "vtln" in results else ""
+    print(f"{results['set']} {results['decoder_settings']['decoder']}{vtln}: %WER {results['wer']:.2f} "
           f"(95% CI {low:.2f}-{high:.2f}) %CER {results['cer']:.2f} on {results['utterances']} utterances, "
           f"RTF {results['rtf']:.4f} -> {results['out_dir']}")
     if "tuned" in results:

@@ -148,6 +148,11 @@ def tune_weights(
 # --- decoding a manifest -------------------------------------------------------------------------
 
 
+# Test-time VTLN (`asr decode --vtln`): the warps tried for each speaker, around 1 as far as the
+# demo's vocal tract length perturbation goes in training (conf/demo.yaml vtlp.warp).
+VTLN_WARPS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+
+
 @dataclass
 class _Timing:
     """Seconds spent, for the real-time factors of results.json."""
@@ -167,19 +172,51 @@ class _Decoded:
     tuning: dict = field(default_factory=dict)  # with --tune: {"tuned": best point, "tune_grid": points}
 
 
-def _model_outputs(model, records: list[dict], max_duration: float, num_workers: int, desc: str,
-                   timing: _Timing) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
-    """Run the model over the manifest: per batch (utterance ids, log_probs (B, T, V), lengths (B,))."""
+def _batches(model, records: list[dict], max_duration: float, num_workers: int, desc: str):
+    """The manifest's batches (`asr.data.dataset.Batch`) in decoding order, with a progress bar."""
     from asr.data.dataset import make_loader
 
     loader = make_loader(records, model.tokenizer, max_duration, shuffle=False, seed=0,
                          num_workers=num_workers, sample_rate=model.sample_rate)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
+    return tqdm(loader, desc=desc, unit="batch", disable=None)
+
+
+def _model_outputs(model, records: list[dict], max_duration: float, num_workers: int, desc: str,
+                   timing: _Timing, warp_of: dict[str, float] | None = None,
+                   ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """Run the model over the manifest: per batch (utterance ids, log_probs (B, T, V), lengths (B,)).
+    warp_of: utterance id -> the VTLN warp of its features (`speaker_warps`), or None."""
+    for batch in _batches(model, records, max_duration, num_workers, desc):
+        warp = None if warp_of is None else torch.tensor([warp_of[u] for u in batch.ids])
         start = time.perf_counter()
-        log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths)
+        log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths, warp)
         timing.model += time.perf_counter() - start
         timing.audio += float(batch.wave_lengths.sum()) / model.sample_rate
         yield list(batch.ids), log_probs, out_lengths
+
+
+def speaker_warps(model, records: list[dict], warps: Sequence[float] = VTLN_WARPS, max_duration: float = 200.0,
+                  num_workers: int = 0, timing: _Timing | None = None, desc: str = "VTLN") -> dict[str, float]:
+    """Test-time VTLN: per speaker (the records' `speaker`), the warp of `warps` under which the
+    model is surest of what it hears: the highest mean over the speaker's output frames of the
+    best token's log-probability (the best path's score: Kaldi chooses a speaker's VTLN warp by
+    likelihood, this is the CTC model's own). One model pass per warp; the model time goes to `timing`."""
+    speaker = {r["id"]: str(r["speaker"]) for r in records}
+    totals: dict[str, torch.Tensor] = {}
+    for batch in _batches(model, records, max_duration, num_workers, desc):
+        start = time.perf_counter()
+        scores = []
+        for warp in warps:
+            log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths,
+                                           torch.full((len(batch.ids),), float(warp)))
+            valid = torch.arange(log_probs.shape[1])[None, :] < out_lengths[:, None]  # (B, T)
+            scores.append((log_probs.max(dim=-1).values * valid).sum(dim=1, dtype=torch.float64))  # (B,)
+        if timing is not None:
+            timing.model += time.perf_counter() - start
+        for utt, row in zip(batch.ids, torch.stack(scores, dim=1)):
+            spk = speaker[utt]
+            totals[spk] = totals[spk] + row if spk in totals else row
+    return {spk: float(warps[int(total.argmax())]) for spk, total in sorted(totals.items())}
 
 
 def _decode_batches(decoder, outputs, timing: _Timing) -> _Decoded:
@@ -228,6 +265,7 @@ def decode_manifest(
     max_duration: float = 200.0,
     num_workers: int = 0,
     device: str | None = None,
+    vtln_warps: Sequence[float] | None = None,
 ) -> dict:
     """Decode every utterance of a manifest with a trained model and score it.
 
@@ -244,6 +282,10 @@ def decode_manifest(
         max_duration: padded seconds of audio per model batch.
         num_workers: audio loading worker processes.
         device: "cpu", "cuda", ...; default CUDA when available.
+        vtln_warps: test-time VTLN: each speaker's features are warped by the one of these warps
+            that `speaker_warps` chooses (one more model pass per warp), e.g. VTLN_WARPS; the
+            results go to `<label>-vtln/` and results.json's "vtln" names each speaker's warp.
+            None: no warp.
 
     Returns:
         the dict written to results.json, plus "out_dir".
@@ -259,7 +301,13 @@ def decode_manifest(
     model = InferenceModel.from_checkpoint(checkpoint if checkpoint is not None else exp, device=device)
     decoder = build_decoder(options, model.tokenizer, model.seconds_per_frame)
     timing = _Timing()
-    outputs = _model_outputs(model, records, max_duration, num_workers, f"decode {set_name}", timing)
+    warp_of = None
+    if vtln_warps is not None:
+        if not vtln_warps or min(vtln_warps) <= 0:
+            raise ConfigError(f"VTLN warps must be positive, got {list(vtln_warps)}")
+        chosen = speaker_warps(model, records, vtln_warps, max_duration, num_workers, timing, f"VTLN {set_name}")
+        warp_of = {r["id"]: chosen[str(r["speaker"])] for r in records}
+    outputs = _model_outputs(model, records, max_duration, num_workers, f"decode {set_name}", timing, warp_of)
     texts = {r["id"]: r["text"] for r in records}
     if tune is None:
         decoded = _decode_batches(decoder, outputs, timing)
@@ -270,7 +318,11 @@ def decode_manifest(
     refs, hyp_texts = [texts[u] for u in ids], [hyp_of[u] for u in ids]
     result = score_hypotheses(ids, refs, hyp_texts)
     results = _results(set_name, manifest, model, decoded, result.summary(), timing, options)
-    out_dir = Path(exp) / "decode" / set_name / decoder_label(options)
+    label = decoder_label(options)
+    if vtln_warps is not None:
+        results["vtln"] = {"warps": [float(w) for w in vtln_warps], "speakers": chosen}
+        label += "-vtln"
+    out_dir = Path(exp) / "decode" / set_name / label
     write_decode_dir(out_dir, ids, refs, hyp_texts, result, results, decoded.decoder)
     return {**results, "out_dir": str(out_dir)}
 

@@ -75,20 +75,23 @@ class Frontend(nn.Module):
         return self.features.dim
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, wave_lengths: Tensor,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor, generator: torch.Generator | None = None,
+                warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) at `sample_rate`, zero-padded, float in [-1, 1] or int16 (the loader's
         batches, `asr.data.dataset.Batch`: divided by WAVEFORM_SCALE here, on the device); wave_lengths
         (B,) -> features (B, frames, dim) float32 (padding frames 0), frame_lengths (B,) int64. Speed
         perturbation (training) changes lengths: frame_lengths follow it. Every random draw (augmentation,
-        dither) comes from `generator` (None: torch's global one), on the waveforms' device."""
+        dither) comes from `generator` (None: torch's global one), on the waveforms' device. `warp`
+        (B,): VTLN factors of the filterbank, one per utterance, in place of training's VTLP draw
+        (test-time speaker normalisation: `asr.evaluate.speaker_warps`)."""
         waveforms = waveforms.float() / WAVEFORM_SCALE if waveforms.dtype == torch.int16 else waveforms.float()
         for augment in self.waveform_augments:
             waveforms, wave_lengths = augment(waveforms, wave_lengths, generator)
         waveforms = self.narrowband(waveforms, wave_lengths, generator)
         dither = self.features.dither if self.training else 0.0
         features, frame_lengths = compute_features(waveforms, wave_lengths, self.features, dither=dither,
-                                                   warp=self.vtlp(waveforms, generator), generator=generator)
+                                                   warp=self.vtlp(waveforms, generator) if warp is None else warp,
+                                                   generator=generator)
         features = self.cmvn(features, frame_lengths)
         if self.features.utterance_cmn:
             features = utterance_mean_removed(features, frame_lengths)

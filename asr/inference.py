@@ -15,6 +15,7 @@ from torch import Tensor
 
 from asr.checkpoint import load_checkpoint, resolve_checkpoint
 from asr.errors import DataError
+from asr.features import check_vtln
 from asr.runtime import autocast_context, recurrent_dtype
 
 
@@ -83,16 +84,22 @@ class InferenceModel:
         return self.feature_config.sample_rate
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
-        (log_probs (B, T, vocab) float32 on the CPU, out_lengths (B,) int64 on the CPU)."""
-        return self.run_features(*self.features(waveforms, wave_lengths))
+        (log_probs (B, T, vocab) float32 on the CPU, out_lengths (B,) int64 on the CPU).
+        warp: (B,) VTLN factors of the filterbank (`features`), or None."""
+        return self.run_features(*self.features(waveforms, wave_lengths, warp))
 
     @torch.no_grad()
-    def features(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, waveforms: Tensor, wave_lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The model's input: waveforms (B, samples), wave_lengths (B,) -> features (B, F, D) after
-        CMVN and frame_lengths (B,), on the device."""
-        return self.frontend(waveforms.to(self.device, non_blocking=True), wave_lengths.to(self.device))
+        CMVN and frame_lengths (B,), on the device. warp: (B,) VTLN factors, one filterbank per
+        utterance (Kaldi's VTLN warp; 1 = none), or None; ConfigError if the model's filterbank
+        leaves no room for the warp (`asr.features.check_vtln`)."""
+        if warp is not None:
+            check_vtln(self.feature_config, "VTLN")
+            warp = torch.as_tensor(warp, dtype=torch.float32)
+        return self.frontend(waveforms.to(self.device, non_blocking=True), wave_lengths.to(self.device), warp=warp)
 
     @torch.no_grad()
     def run_features(self, features: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -1209,10 +1209,14 @@ def collect_results(exp_dirs: Sequence[str | os.PathLike], title: str = "Results
     rows = []
     for exp in exp_dirs:
         exp = Path(exp)
-        # Per set: greedy, then beam, then beam + LM, as the table reads best.
-        files = sorted(exp.glob("decode/*/*/results.json"),
-                       key=lambda p: (p.parent.parent.name, {"greedy": 0, "beam": 1}.get(p.parent.name, 2),
-                                      p.parent.name))
+        # Per set: greedy, then beam, then beam + LM, as the table reads best; the same again with
+        # test-time VTLN ("-vtln" folders, `asr decode --vtln`).
+        def order(path: Path) -> tuple:
+            label = path.parent.name
+            base = label.removesuffix("-vtln")
+            return path.parent.parent.name, base != label, {"greedy": 0, "beam": 1}.get(base, 2), label
+
+        files = sorted(exp.glob("decode/*/*/results.json"), key=order)
         rows += [_results_row(exp, path) for path in files]
     if not rows:
         raise DataError("no decode/<set>/<decoder>/results.json under " + ", ".join(map(str, exp_dirs)))

@@ -192,3 +192,84 @@ def test_decode_and_transcribe_share_one_set_of_decoding_options():
     assert _decoding_options(parser.parse_args(["transcribe", "--model", "m.pt", *beam, "a.wav"])) == expected
     help_text = verbs["transcribe"].format_help()
     assert "(default 50)" in help_text and "(default 0.5)" in help_text  # the dataclass's defaults
+
+
+# --- test-time VTLN ------------------------------------------------------------------------------
+def test_speaker_warps_pool_each_speakers_frames(tmp_path):
+    """A stand-in model is surest at a warp the audio's level sets (0.05 -> 0.9, 0.1 -> 1.05,
+    0.5 -> 1.1): the quiet speaker's long utterance outweighs its short one, frame by frame."""
+    import soundfile
+
+    from asr.data.dataset import WAVEFORM_SCALE
+    from asr.data.manifest import read_manifest
+    from asr.evaluate import speaker_warps
+    from asr.inference import InferenceModel
+
+    exp, _, _ = make_experiment(tmp_path)
+    inference = InferenceModel.from_checkpoint(exp / "checkpoints" / "best.pt", device="cpu")
+    lines = []
+    for utt, level, seconds, speaker in [("q-1-0", 0.05, 4.0, "q"), ("q-1-1", 0.1, 1.0, "q"),
+                                         ("l-1-0", 0.5, 1.0, "l"), ("l-1-1", 0.5, 2.0, "l")]:
+        samples = int(seconds * 16000)
+        soundfile.write(tmp_path / f"{utt}.wav", level * torch.ones(samples).numpy(), 16000, subtype="FLOAT")
+        record = {"id": utt, "audio": f"{utt}.wav", "duration": seconds, "text": "A", "speaker": speaker}
+        lines.append(json.dumps(record))
+    (tmp_path / "two.jsonl").write_text("\n".join(lines) + "\n")
+    records = read_manifest(tmp_path / "two.jsonl")
+
+    class StandIn:
+        tokenizer, sample_rate = inference.tokenizer, inference.sample_rate
+
+        def __call__(self, waveforms, wave_lengths, warp=None):
+            level = waveforms.abs().amax(dim=1) / WAVEFORM_SCALE  # the loader's batches are int16
+            target = torch.where(level < 0.07, 0.9, torch.where(level < 0.2, 1.05, 1.1))
+            frames = wave_lengths // 160
+            log_probs = torch.full((len(level), int(frames.max()), 3), -5.0)
+            log_probs[:, :, 0] = -(warp - target).abs()[:, None]  # summed over frames: the frames' median wins
+            return log_probs, frames
+
+    warps = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+    assert speaker_warps(StandIn(), records, warps, max_duration=3.0) == {"l": 1.1, "q": 0.9}
+    assert speaker_warps(StandIn(), records[1:2], warps) == {"q": 1.05}
+
+
+def test_decode_with_vtln_warps_each_speaker_and_warp_one_changes_nothing(tmp_path, capsys):
+    import soundfile
+
+    from asr.checkpoint import load_checkpoint, save_checkpoint
+    from asr.cli import main as cli_main
+    from asr.data.manifest import read_manifest
+    from asr.decode import GreedyDecoder
+    from asr.inference import InferenceModel
+    from asr.score import read_kaldi_text
+
+    exp, manifest, texts = make_experiment(tmp_path)
+    plain = decode_manifest(exp, manifest, DecodingOptions(), device="cpu", max_duration=1.0)
+    same = decode_manifest(exp, manifest, DecodingOptions(), device="cpu", max_duration=1.0, vtln_warps=[1.0])
+    assert read_kaldi_text(f"{same['out_dir']}/hyp.txt") == read_kaldi_text(f"{plain['out_dir']}/hyp.txt")
+
+    assert cli_main(["decode", "--exp", str(exp), "--manifest", str(manifest), "--vtln", "--device", "cpu"]) == 0
+    out = exp / "decode" / "dev" / "greedy-vtln"
+    results = json.loads((out / "results.json").read_text())
+    chosen = results["vtln"]["speakers"]
+    assert set(chosen) == {"11", "22"} and set(chosen.values()) <= set(results["vtln"]["warps"])
+    assert "dev greedy + VTLN: %WER" in capsys.readouterr().out
+    # each utterance alone through the model at its speaker's warp: the same words
+    inference = InferenceModel.from_checkpoint(exp, device="cpu")
+    decoder = GreedyDecoder(inference.tokenizer, word_pause_frames=25)
+    for record in read_manifest(manifest):
+        wave = torch.from_numpy(soundfile.read(tmp_path / record["audio"], dtype="float32")[0])
+        warp = torch.tensor([chosen[record["speaker"]]])
+        log_probs, lengths = inference(wave[None], torch.tensor([wave.numel()]), warp)
+        assert read_kaldi_text(out / "hyp.txt")[record["id"]] == decoder.decode(log_probs, lengths)[0].text
+
+    # a filterbank with no room for the warp: one line, exit 1
+    payload = load_checkpoint(exp / "checkpoints" / "best.pt")
+    payload["feature_config"]["high_freq"] = 7000.0
+    save_checkpoint(tmp_path / "narrow" / "checkpoints" / "best.pt", payload)
+    assert cli_main(["decode", "--exp", str(tmp_path / "narrow"), "--manifest", str(manifest), "--vtln",
+                     "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "VTLN: the warp needs features.low_freq < 100 Hz" in err and len(err.splitlines()) == 1
+    with pytest.raises(ConfigError, match="VTLN warps must be positive"):
+        decode_manifest(exp, manifest, DecodingOptions(), device="cpu", vtln_warps=[0.0, 1.0])

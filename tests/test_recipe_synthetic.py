@@ -19,12 +19,14 @@ import pytest
 import soundfile
 
 from asr.cli import build_parser
+from asr.data.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "recipes" / "synthetic" / "run.sh"
 TINY = ["--train-utts", "24", "--dev-utts", "6", "--test-utts", "6", "--config", "conf/tiny.yaml"]
 SETS = ("dev", "test")
 DECODERS = ("greedy", "beam-4gram")  # beam-<LM file stem>, see asr.evaluate.decoder_label
+VTLN_DECODERS = ("greedy-vtln", "beam-4gram-vtln")  # test only: asr decode --vtln
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,
@@ -98,20 +100,23 @@ def test_recipe_stage_by_stage(tmp_path):
 
     # --- 6-8: decode, RESULTS.md, transcribe
     out = run_recipe(*recipe, "--stage", "6", "--stop-stage", "8").stdout
-    for set_name in SETS:
-        for decoder in DECODERS:
-            results = json.loads((exp / "decode" / set_name / decoder / "results.json").read_text())
-            assert results["utterances"] == expected[set_name]
-            assert 0 <= results["wer"] and 0 <= results["cer"]
-            assert results["checkpoint"].endswith("avg-3.pt")
+    decoded = [(s, d) for s in SETS for d in DECODERS] + [("test", d) for d in VTLN_DECODERS]
+    for set_name, decoder in decoded:
+        results = json.loads((exp / "decode" / set_name / decoder / "results.json").read_text())
+        assert results["utterances"] == expected[set_name]
+        assert 0 <= results["wer"] and 0 <= results["cer"]
+        assert results["checkpoint"].endswith("avg-3.pt")
+        if decoder in VTLN_DECODERS:  # one warp per test speaker, from the grid
+            speakers = {r["speaker"] for r in read_manifest(work / "data" / "manifests" / "test.jsonl")}
+            assert set(results["vtln"]["speakers"]) == {str(s) for s in speakers}
+            assert set(results["vtln"]["speakers"].values()) <= set(results["vtln"]["warps"])
     assert (exp / "decode" / "dev" / "beam-4gram" / "tuned.json").is_file()
     tuned = json.loads((exp / "decode" / "test" / "beam-4gram" / "results.json").read_text())
     assert tuned["tuned_from"].endswith("dev/beam-4gram/tuned.json")
 
     rows = [line.split("|") for line in (work / "RESULTS.md").read_text().splitlines()
             if line.startswith("| demo |")]
-    assert sorted((r[2].strip(), r[3].strip()) for r in rows) == sorted(
-        (s, d) for s in SETS for d in DECODERS)
+    assert sorted((r[2].strip(), r[3].strip()) for r in rows) == sorted(decoded)
 
     transcripts = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(transcripts) == 1
@@ -133,7 +138,7 @@ def test_dry_run_prints_every_stage_and_writes_nothing(tmp_path):
         assert f"stage {n}:" in proc.stdout
     commands = [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
     verbs = [argv[1] for argv in commands]
-    assert verbs == ["synth", *["prepare"] * 3, "stats", "lm", "train", "average", "calibrate", *["decode"] * 4,
+    assert verbs == ["synth", *["prepare"] * 3, "stats", "lm", "train", "average", "calibrate", *["decode"] * 6,
                      "results", "transcribe"]
     parser = build_parser()
     for argv in commands:

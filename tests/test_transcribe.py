@@ -712,3 +712,41 @@ def test_cli_formats_match_the_module_and_skip_existing_leaves_outputs(checkpoin
     assert main(args[:-2] + [str(folder)]) == 0 and (out / "u1.vtt").read_text() != "KEPT"  # without the flag
     assert main(["transcribe", "--model", str(checkpoint), "--skip-existing", str(folder)]) == 1
     assert "--skip-existing needs --output-dir" in capsys.readouterr().err
+
+
+# --- scripts/probe_test_time.py ----------------------------------------------------------------
+@pytest.mark.parametrize("utterance_cmn", [False, True])
+def test_probe_decodes_as_the_inference_model_and_warp_one_is_kaldis_own(checkpoint, tmp_path, utterance_cmn):
+    import importlib.util
+    from pathlib import Path
+
+    from asr.checkpoint import load_checkpoint
+    from asr.inference import InferenceModel
+
+    spec = importlib.util.spec_from_file_location(
+        "probe_test_time", Path(__file__).resolve().parents[1] / "scripts" / "probe_test_time.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    payload = load_checkpoint(checkpoint)
+    payload["feature_config"]["utterance_cmn"] = utterance_cmn
+    inference = InferenceModel(payload, device="cpu")
+    decoder = GreedyDecoder(inference.tokenizer)
+    wave = torch.from_numpy(tone_bursts([(0.2, 0.9), (1.2, 1.8)], 2.0))
+    expected = decoder.decode(*inference(wave[None], torch.tensor([wave.numel()])))[0].text
+    assert expected, "the blank-suppressed tiny model should emit words"
+    text, mean_log_prob = probe.greedy(inference, decoder, wave)
+    assert text == expected
+    assert probe.greedy(inference, decoder, wave, warp=1.0) == pytest.approx((text, mean_log_prob), abs=1e-5)
+    assert probe.greedy(inference, decoder, wave, warp=0.85)[1] != pytest.approx(mean_log_prob, abs=1e-5)
+
+    # The oracle's CER is at most each warp's, and pick/speaker uses one warp per speaker.
+    path = tmp_path / "a.wav"
+    soundfile.write(path, wave.numpy(), SR, subtype="FLOAT")
+    records = [{"id": f"1-1-000{i}", "audio": str(path), "text": "A B", "duration": 2.0} for i in range(2)]
+    hyps = probe.probe(inference, records, [0.9, 1.0, 1.1], [1.1])
+    assert hyps["as-is"] == [expected, expected] == hyps["warp 1"]
+    from asr.score import score_texts
+    cer = {name: score_texts(["a", "b"], ["A B"] * 2, texts).cer for name, texts in hyps.items() if name != "_chosen"}
+    assert cer["oracle"] == min(cer[f"warp {w:g}"] for w in (0.9, 1.0, 1.1))
+    assert set(hyps["_chosen"]) == {"1"}
+    assert hyps["pick/speaker"] == hyps[f"warp {hyps['_chosen']['1']:g}"]

@@ -109,7 +109,7 @@ if stage 5 "average the last $avg checkpoints; calibrate the average on dev"; th
   run asr calibrate --model $exp/checkpoints/avg-$avg.pt --manifest $manifests/dev.jsonl
 fi
 
-if stage 6 "decode dev and test: greedy, and beam + LM (LM weight and word score tuned on dev)"; then
+if stage 6 "decode dev and test: greedy, and beam + LM (LM weight and word score tuned on dev); test with VTLN too"; then
   for set in dev test; do
     run asr decode --exp $exp --manifest $manifests/$set.jsonl --set $set --decoder greedy
   done
@@ -117,6 +117,10 @@ if stage 6 "decode dev and test: greedy, and beam + LM (LM weight and word score
     --tune --tune-lm-weights 0.5,0.75,1.0,1.5 --tune-word-scores 0,1,2
   run asr decode --exp $exp --manifest $manifests/test.jsonl --set test --decoder beam --lm $lm \
     --tuned-from $tuned
+  # test-time VTLN: each test speaker's filterbank warped by the factor the model is surest under
+  run asr decode --exp $exp --manifest $manifests/test.jsonl --set test --decoder greedy --vtln
+  run asr decode --exp $exp --manifest $manifests/test.jsonl --set test --decoder beam --lm $lm \
+    --tuned-from $tuned --vtln
 fi
 
 if stage 7 "collect results into RESULTS.md"; then
