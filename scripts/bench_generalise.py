@@ -13,9 +13,9 @@ it never met, report greedy and beam + LM WER/CER with 95% confidence intervals.
 3. `asr stats`, `asr train` (CPU seconds measured), `asr average`, an LM from the corpus's LM
    text (train's sentences and the rest of the text source, never dev's: what a user of the
    recipe would have, as LibriSpeech's LM corpus), LM weights tuned on dev, then `asr decode` of the
-   unseen set greedy and with beam + LM (and of `--real-dev`, a manifest of real speech, if
-   given). Every step is an `asr` call, resumable: a rerun skips what is done (.done markers, as
-   the recipes).
+   unseen set greedy and with beam + LM, each also with test-time VTLN (`asr decode --vtln`), and
+   of `--real-dev`, a manifest of real speech, if given. Every step is an `asr` call, resumable:
+   a rerun skips what is done (.done markers, as the recipes).
 
 The figures it prints are the ones to choose conf/demo.yaml by; nothing here is tuned on them.
 """
@@ -100,12 +100,14 @@ def evaluate(work: Path, exp: Path, manifests: dict[str, Path], name: str) -> li
     run(work / ".tune.done", "decode", "--exp", str(exp), "--manifest", str(manifests["dev"]), "--set", "dev",
         "--decoder", "beam", "--lm", str(lm), "--tune")
     tuned = exp / "decode" / "dev" / "beam-train-4gram" / "tuned.json"
-    run(work / f".{name}.greedy.done", "decode", "--exp", str(exp), "--manifest", str(manifests[name]),
-        "--set", name)
-    run(work / f".{name}.beam.done", "decode", "--exp", str(exp), "--manifest", str(manifests[name]), "--set", name,
-        "--decoder", "beam", "--lm", str(lm), "--tuned-from", str(tuned))
+    for vtln in ([], ["--vtln"]):  # and with test-time VTLN (a warp per speaker)
+        suffix = "".join(vtln).replace("--", ".")
+        run(work / f".{name}.greedy{suffix}.done", "decode", "--exp", str(exp), "--manifest", str(manifests[name]),
+            "--set", name, *vtln)
+        run(work / f".{name}.beam{suffix}.done", "decode", "--exp", str(exp), "--manifest", str(manifests[name]),
+            "--set", name, "--decoder", "beam", "--lm", str(lm), "--tuned-from", str(tuned), *vtln)
     return [json.loads((exp / "decode" / name / label / "results.json").read_text())
-            for label in ("greedy", "beam-train-4gram")]
+            for label in ("greedy", "beam-train-4gram", "greedy-vtln", "beam-train-4gram-vtln")]
 
 
 def main(argv=None) -> int:
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
         for result in evaluate(work, exp, manifests, name):
             low, high = result["wer_ci95"]
             decoder = result["decoder_settings"]["decoder"] + (" + LM" if result["decoder_settings"].get("lm") else "")
-            print(f"  {name:<8} {decoder:<10} WER {result['wer']:6.2f}% (95% CI {low:.2f}-{high:.2f})"
+            decoder += " + VTLN" if "vtln" in result else ""
+            print(f"  {name:<8} {decoder:<17} WER {result['wer']:6.2f}% (95% CI {low:.2f}-{high:.2f})"
                   f"  CER {result['cer']:5.2f}%  on {result['utterances']} utterances")
     return 0
 
