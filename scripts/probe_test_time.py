@@ -6,6 +6,8 @@ Greedy WER/CER of each manifest as it is and through each test-time change:
     as-is        the audio as `asr decode` reads it
     8k           band-limited through 8 kHz (resampled down and back up)
     speed F      resampled so that it plays F times faster (pitch and tempo together)
+    tempo F      the features stretched in time to F times as many frames (linear interpolation):
+                 slower speech at the same pitch
     warp W       features through Kaldi's VTLN warp W (`compute_features(warp=)`; the demo model is
                  trained with vocal tract length perturbation, so it has seen such warps)
     pick/utt     per utterance, the warp whose best path has the highest mean log-probability
@@ -40,11 +42,15 @@ from asr.score import score_texts, speaker_of  # noqa: E402
 
 
 def greedy(inference: InferenceModel, decoder: GreedyDecoder, wave: torch.Tensor,
-           warp: float | None = None) -> tuple[str, float]:
+           warp: float | None = None, stretch: float = 1.0) -> tuple[str, float]:
     """One utterance -> (greedy text, mean over output frames of the best token's log-probability)."""
     lengths = torch.tensor([wave.numel()])
     feats, frames = compute_features(wave[None], lengths, inference.feature_config, dither=0.0,
                                      warp=None if warp is None else torch.tensor([warp]))
+    if stretch != 1.0:
+        frames = torch.tensor([round(int(frames[0]) * stretch)])
+        feats = torch.nn.functional.interpolate(feats.transpose(1, 2), size=int(frames[0]), mode="linear",
+                                                align_corners=True).transpose(1, 2)
     feats = inference.frontend.cmvn(feats, frames)
     if inference.feature_config.utterance_cmn:
         feats = utterance_mean_removed(feats, frames)
@@ -53,7 +59,8 @@ def greedy(inference: InferenceModel, decoder: GreedyDecoder, wave: torch.Tensor
     return decoder.decode(log_probs, out_lengths)[0].text, float(best.mean()) if best.numel() else float("-inf")
 
 
-def probe(inference: InferenceModel, records: list[dict], warps: list[float], speeds: list[float]) -> dict:
+def probe(inference: InferenceModel, records: list[dict], warps: list[float], speeds: list[float],
+          tempos: list[float] = ()) -> dict:
     """{variant: hypotheses in the order of `records`}."""
     decoder = GreedyDecoder(inference.tokenizer)
     rate = inference.sample_rate
@@ -65,6 +72,8 @@ def probe(inference: InferenceModel, records: list[dict], warps: list[float], sp
         hyps["8k"].append(greedy(inference, decoder, resample(resample(wave, rate, 8000), 8000, rate))[0])
         for factor in speeds:
             hyps[f"speed {factor:g}"].append(greedy(inference, decoder, resample(wave, round(rate * factor), rate))[0])
+        for factor in tempos:
+            hyps[f"tempo {factor:g}"].append(greedy(inference, decoder, wave, stretch=factor)[0])
         warped.append({w: greedy(inference, decoder, wave, warp=w) for w in warps})
     for w in warps:
         hyps[f"warp {w:g}"] = [by_warp[w][0] for by_warp in warped]
@@ -90,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="checkpoint or experiment folder")
     p.add_argument("--warps", default="0.85,0.9,0.95,1.0,1.05,1.1,1.15", help="VTLN warps (comma-separated)")
     p.add_argument("--speeds", default="0.9,1.1", help="speed factors (comma-separated)")
+    p.add_argument("--tempos", default="1.11", help="feature stretch factors (comma-separated)")
     p.add_argument("--max-utts", type=int, default=None, help="first N utterances of each manifest")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -98,7 +108,7 @@ def main(argv=None) -> int:
     speeds = [float(s) for s in args.speeds.split(",") if s]
     for manifest in args.manifests:
         records = read_manifest(manifest)[: args.max_utts]
-        hyps = probe(inference, records, warps, speeds)
+        hyps = probe(inference, records, warps, speeds, [float(t) for t in args.tempos.split(",") if t])
         chosen = hyps.pop("_chosen")
         ids, refs = [r["id"] for r in records], [r["text"] for r in records]
         print(f"{manifest}: {len(records)} utterances; warp picked per speaker: "

@@ -184,6 +184,15 @@ def test_dry_run_own_corpus_train_lm_and_stage_range(tmp_path):
         "--lm exp/mini-demo/lm/train-3gram.arpa --tuned-from exp/mini-demo/decode/c/beam-train-3gram/tuned.json"]
     assert len([c for c in cmds if c.startswith("asr decode")]) == 6  # c once, though listed twice
     assert not any(c.startswith("asr results") for c in cmds) and "train.epochs" not in result.stdout
+    # with test-time VTLN every decode warps, and the weights tuned with it are read from where they go
+    vtln = recipe("--dry-run", "--corpus-dir", str(mine), "--train-sets", "a,b", "--dev-sets", "c",
+                  "--test-sets", "d", "--lm-source", "train", "--config", "conf/demo.yaml", "--avg", "3",
+                  "--work-dir", str(tmp_path / "w"), "--stop-stage", "6", "--decode-args", "--vtln")
+    assert vtln.returncode == 0, vtln.stderr
+    decodes = [c for c in commands(vtln.stdout) if c.startswith("asr decode")]
+    assert len(decodes) == 6 and all(c.endswith(" --vtln") for c in decodes)
+    assert [c.split("--tuned-from ")[1].split()[0] for c in decodes if "--tuned-from" in c] == [
+        "exp/mini-demo/decode/c/beam-train-3gram-vtln/tuned.json"]
 
     only = recipe("--dry-run", "--set", "100", "--stage", "3", "--stop-stage", "3", "--lm-file", "4-gram.arpa.gz",
                   "--mirror", "http://m", "--work-dir", str(tmp_path / "w"))

@@ -743,8 +743,8 @@ def test_probe_decodes_as_the_inference_model_and_warp_one_is_kaldis_own(checkpo
     path = tmp_path / "a.wav"
     soundfile.write(path, wave.numpy(), SR, subtype="FLOAT")
     records = [{"id": f"1-1-000{i}", "audio": str(path), "text": "A B", "duration": 2.0} for i in range(2)]
-    hyps = probe.probe(inference, records, [0.9, 1.0, 1.1], [1.1])
-    assert hyps["as-is"] == [expected, expected] == hyps["warp 1"]
+    hyps = probe.probe(inference, records, [0.9, 1.0, 1.1], [1.1], [1.0, 1.25])
+    assert hyps["as-is"] == [expected, expected] == hyps["warp 1"] == hyps["tempo 1"]
     from asr.score import score_texts
     cer = {name: score_texts(["a", "b"], ["A B"] * 2, texts).cer for name, texts in hyps.items() if name != "_chosen"}
     assert cer["oracle"] == min(cer[f"warp {w:g}"] for w in (0.9, 1.0, 1.1))

@@ -33,7 +33,7 @@
 #   --exp-name NAME              experiment folder under exp/ [<set>-<config name>]
 #   --avg K                      checkpoints averaged for decoding [5]
 #   --nj N                       processes for data preparation [8]
-#   --decode-args "..."          extra `asr decode` options, e.g. "--device cuda:1" []
+#   --decode-args "..."          extra `asr decode` options, e.g. "--device cuda:1" or "--vtln" []
 #   --work-dir DIR               where data/, exp/ and RESULTS.md go [this recipe's folder]
 #   --ngpu N                     training processes (GPUs) per node; N > 1 trains under torchrun
 #                                (DDP; add train.device=cpu to --train-args for gloo on CPUs) [1]
@@ -133,6 +133,8 @@ if [ "$lm_source" = official ]; then need 6 3 "$lm" "$lexicon" ${final_lm_file:+
 else need 6 3 "$lm"; fi
 # asr decode names its folder after the LM and, when one is given, the lexicon (asr.evaluate.decoder_label)
 [ "$lm_source" = official ] && lm_label=$lm_label-lex-$(basename "$lexicon" .txt)
+# and --vtln (test-time VTLN, in --decode-args) adds -vtln: the tuned weights are found there
+case " $decode_args " in *" --vtln "*) lm_label=$lm_label-vtln ;; esac
 
 if stage 0 "download ${all_splits}"; then
   if [ -n "$corpus_dir" ]; then
