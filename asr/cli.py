@@ -493,11 +493,15 @@ def _add_transcribe(sub) -> None:
                    help="longest chunk fed to the model, seconds (default 20)")
     p.add_argument("--top-db", type=positive_float, default=40.0,
                    help="silence threshold below the loudest frame, dB (default 40)")
+    p.add_argument("--vtln", action="store_true",
+                   help="test-time VTLN: warp each file's filterbank by the factor in 0.85..1.15 the model is "
+                        "surest under (one more model pass per factor); the JSON output names it (vtln_warp)")
     p.set_defaults(func=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
     from asr.device import resolve_device
+    from asr.evaluate import VTLN_WARPS
     from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
 
     if args.skip_existing and not args.output_dir:
@@ -508,10 +512,12 @@ def _run_transcribe(args) -> int:
     options = _decoding_options(args)
     chunking = ChunkingConfig(max_chunk_s=args.max_chunk, top_db=args.top_db,
                               batch_s=max(ChunkingConfig.batch_s, args.max_chunk))
+    vtln_warps = VTLN_WARPS if args.vtln else None
     if args.backend == "onnx":
-        transcriber = Transcriber.from_onnx(args.model, options=options, chunking=chunking)
+        transcriber = Transcriber.from_onnx(args.model, options=options, chunking=chunking, vtln_warps=vtln_warps)
     else:
-        transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking)
+        transcriber = Transcriber.from_checkpoint(args.model, device=device, options=options, chunking=chunking,
+                                                  vtln_warps=vtln_warps)
     summary = transcribe_files(transcriber, inputs, args.output_format, args.output_dir,
                                skip_existing=args.skip_existing)
     where = f" -> {args.output_dir}" if args.output_dir else ""

@@ -150,6 +150,14 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None) 
     return out
 
 
+def best_path_scores(log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(batch, frames, vocab) log-probabilities, (batch,) valid frames -> (batch,) float64: the
+    best path's log-probability, the best token's log-probability summed over the valid frames.
+    Greedy hypotheses' score; test-time VTLN's choice of warp (`asr.evaluate.speaker_warps`)."""
+    valid = valid_mask(lengths.to(log_probs.device), log_probs.shape[1])
+    return (log_probs.max(dim=-1).values * valid).sum(dim=1, dtype=torch.float64)
+
+
 def word_spans(
     tokens: Sequence[int],
     token_frames: Sequence[int],
@@ -257,8 +265,7 @@ class GreedyDecoder:
             lengths = torch.full((batch,), frames, dtype=torch.long)
         lengths = lengths.to(log_probs.device)
         paths = greedy_decode(log_probs, lengths)
-        valid = valid_mask(lengths, frames)
-        best_scores = (log_probs.max(dim=-1).values * valid).sum(dim=1).tolist()  # best-path log-prob
+        best_scores = best_path_scores(log_probs, lengths).tolist()
         log_probs_cpu = log_probs.float().cpu()
         hyps = []
         for b, path in enumerate(paths):

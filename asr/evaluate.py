@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from asr.decode import BeamSearchDecoder, DecodingOptions, Hypothesis, build_decoder
+from asr.decode import BeamSearchDecoder, DecodingOptions, Hypothesis, best_path_scores, build_decoder
 from asr.errors import ConfigError, DataError
 from asr.fileio import atomic_write_text
 
@@ -209,8 +209,7 @@ def speaker_warps(model, records: list[dict], warps: Sequence[float] = VTLN_WARP
         for warp in warps:
             log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths,
                                            torch.full((len(batch.ids),), float(warp)))
-            valid = torch.arange(log_probs.shape[1])[None, :] < out_lengths[:, None]  # (B, T)
-            scores.append((log_probs.max(dim=-1).values * valid).sum(dim=1, dtype=torch.float64))  # (B,)
+            scores.append(best_path_scores(log_probs, out_lengths))  # (B,)
         if timing is not None:
             timing.model += time.perf_counter() - start
         for utt, row in zip(batch.ids, torch.stack(scores, dim=1)):

@@ -83,7 +83,11 @@ class Frontend(nn.Module):
         perturbation (training) changes lengths: frame_lengths follow it. Every random draw (augmentation,
         dither) comes from `generator` (None: torch's global one), on the waveforms' device. `warp`
         (B,): VTLN factors of the filterbank, one per utterance, in place of training's VTLP draw
-        (test-time speaker normalisation: `asr.evaluate.speaker_warps`)."""
+        (test-time speaker normalisation: `asr.evaluate.speaker_warps`); ConfigError if the
+        filterbank leaves no room for the warp (`asr.features.check_vtln`)."""
+        if warp is not None:
+            check_vtln(self.features, "VTLN")
+            warp = torch.as_tensor(warp, dtype=torch.float32)
         waveforms = waveforms.float() / WAVEFORM_SCALE if waveforms.dtype == torch.int16 else waveforms.float()
         for augment in self.waveform_augments:
             waveforms, wave_lengths = augment(waveforms, wave_lengths, generator)

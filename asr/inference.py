@@ -15,7 +15,6 @@ from torch import Tensor
 
 from asr.checkpoint import load_checkpoint, resolve_checkpoint
 from asr.errors import DataError
-from asr.features import check_vtln
 from asr.runtime import autocast_context, recurrent_dtype
 
 
@@ -94,11 +93,7 @@ class InferenceModel:
     def features(self, waveforms: Tensor, wave_lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The model's input: waveforms (B, samples), wave_lengths (B,) -> features (B, F, D) after
         CMVN and frame_lengths (B,), on the device. warp: (B,) VTLN factors, one filterbank per
-        utterance (Kaldi's VTLN warp; 1 = none), or None; ConfigError if the model's filterbank
-        leaves no room for the warp (`asr.features.check_vtln`)."""
-        if warp is not None:
-            check_vtln(self.feature_config, "VTLN")
-            warp = torch.as_tensor(warp, dtype=torch.float32)
+        utterance (Kaldi's VTLN warp; 1 = none), or None (`asr.frontend.Frontend`)."""
         return self.frontend(waveforms.to(self.device, non_blocking=True), wave_lengths.to(self.device), warp=warp)
 
     @torch.no_grad()

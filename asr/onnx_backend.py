@@ -106,15 +106,17 @@ class OnnxInferenceModel:
         return self.feature_config.sample_rate
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, waveforms: Tensor, wave_lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """waveforms (B, samples) float at `sample_rate`, wave_lengths (B,) ->
-        (log_probs (B, T, vocab) float32, out_lengths (B,) int64), both on the CPU."""
-        return self.run_features(*self.features(waveforms, wave_lengths))
+        (log_probs (B, T, vocab) float32, out_lengths (B,) int64), both on the CPU. warp: as
+        `features`."""
+        return self.run_features(*self.features(waveforms, wave_lengths, warp))
 
     @torch.no_grad()
-    def features(self, waveforms: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """The graph's input: features (B, F, D) after CMVN and frame_lengths (B,), on the CPU."""
-        return self.frontend(waveforms.cpu(), wave_lengths.cpu())
+    def features(self, waveforms: Tensor, wave_lengths: Tensor, warp: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The graph's input: features (B, F, D) after CMVN and frame_lengths (B,), on the CPU.
+        warp: (B,) VTLN factors, as `asr.inference.InferenceModel.features`."""
+        return self.frontend(waveforms.cpu(), wave_lengths.cpu(), warp=warp)
 
     def run_features(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The graph alone: features (B, F, D) float32 after CMVN, lengths (B,) ->

@@ -41,9 +41,9 @@ import torch
 
 from asr.audio import SAMPLE_RATE, audio_info, load_audio, resample, stream_audio
 from asr.calibrate import DomainCheck, PosteriorStats, check_domain, pool, posterior_stats
-from asr.decode import DecodingOptions, build_decoder
-from asr.errors import AsrError, AudioError
-from asr.features import num_frames
+from asr.decode import DecodingOptions, best_path_scores, build_decoder
+from asr.errors import AsrError, AudioError, ConfigError
+from asr.features import check_vtln, num_frames
 
 OUTPUT_FORMATS = ("text", "json", "srt", "vtt", "tsv", "ctm")
 OUTPUT_EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt", "tsv": ".tsv", "ctm": ".ctm"}
@@ -102,6 +102,8 @@ class Transcript:
     # The file's pooled posterior statistics (what `domain` judged; `asr calibrate` reads them);
     # not part of the JSON output.
     posteriors: PosteriorStats | None = field(default=None, compare=False, repr=False)
+    # The VTLN factor its features were warped by (`Transcriber` with `vtln_warps`); None: no warp.
+    vtln_warp: float | None = None
 
     @property
     def out_of_domain(self) -> bool | None:
@@ -128,6 +130,7 @@ class Transcript:
             ],
             "out_of_domain": self.out_of_domain,
             **({"domain": self.domain.to_dict()} if self.domain is not None else {}),
+            **({"vtln_warp": self.vtln_warp} if self.vtln_warp is not None else {}),
         }
 
     @classmethod
@@ -136,7 +139,7 @@ class Transcript:
         words = [Word(w["word"], w["start"], w["end"], w["confidence"]) for w in payload["words"]]
         domain = payload.get("domain")
         domain = DomainCheck.from_dict(domain, payload["out_of_domain"]) if domain is not None else None
-        return cls(payload["text"], words, payload["duration"], domain)
+        return cls(payload["text"], words, payload["duration"], domain, vtln_warp=payload.get("vtln_warp"))
 
 
 # --- silence splitting ------------------------------------------------------------------------
@@ -584,11 +587,22 @@ class Transcriber:
     >>> t.transcribe("talk.flac").text                          # doctest: +SKIP
     """
 
-    def __init__(self, inference_model, decoder, chunking: ChunkingConfig = ChunkingConfig()) -> None:
-        """inference_model: an `asr.inference.InferenceModel`; decoder: from `asr.decode.build_decoder`."""
+    def __init__(self, inference_model, decoder, chunking: ChunkingConfig = ChunkingConfig(),
+                 vtln_warps: Sequence[float] | None = None) -> None:
+        """inference_model: an `asr.inference.InferenceModel`; decoder: from `asr.decode.build_decoder`.
+        vtln_warps: test-time VTLN, each file's filterbank warped by the one of these factors its
+        chunks' best paths score highest under (as `asr.evaluate.speaker_warps` per speaker; one more
+        model pass per factor), e.g. `asr.evaluate.VTLN_WARPS`; None: no warp."""
         self.inference = inference_model
         self.decoder = decoder
         self.chunking = chunking
+        if vtln_warps is not None:
+            if not vtln_warps or min(vtln_warps) <= 0:
+                raise ConfigError(f"VTLN warps must be positive, got {list(vtln_warps)}")
+            if not hasattr(inference_model, "run_features"):
+                raise ConfigError("VTLN needs a model that computes its own features")
+            check_vtln(inference_model.feature_config, "VTLN")
+        self.vtln_warps = None if vtln_warps is None else tuple(float(w) for w in vtln_warps)
         self.feature_config = inference_model.feature_config
         self.sample_rate = int(inference_model.feature_config.sample_rate)
         self.seconds_per_frame = float(inference_model.seconds_per_frame)
@@ -599,23 +613,27 @@ class Transcriber:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
                         options: DecodingOptions = DecodingOptions(),
-                        chunking: ChunkingConfig = ChunkingConfig()) -> "Transcriber":
+                        chunking: ChunkingConfig = ChunkingConfig(),
+                        vtln_warps: Sequence[float] | None = None) -> "Transcriber":
         """Load a checkpoint (a `.pt` file or an experiment folder) and build the decoder `options`
         describe (default: greedy, as `asr decode` and `asr transcribe` decode by default)."""
         from asr.inference import InferenceModel
 
         inference = InferenceModel.from_checkpoint(path, device=device)
-        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking)
+        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking,
+                   vtln_warps)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
-                  chunking: ChunkingConfig = ChunkingConfig()) -> "Transcriber":
+                  chunking: ChunkingConfig = ChunkingConfig(),
+                  vtln_warps: Sequence[float] | None = None) -> "Transcriber":
         """Load a model written by `asr export` (an `.onnx` file, or the export folder's
         model.onnx), run by onnxruntime on the CPU (`asr.onnx_backend.OnnxInferenceModel`)."""
         from asr.onnx_backend import OnnxInferenceModel
 
         inference = OnnxInferenceModel(path)
-        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking)
+        return cls(inference, build_decoder(options, inference.tokenizer, inference.seconds_per_frame), chunking,
+                   vtln_warps)
 
     def transcribe(self, audio: str | os.PathLike | torch.Tensor | np.ndarray,
                    sample_rate: int | None = None) -> Transcript:
@@ -644,11 +662,18 @@ class Transcriber:
             samples += block.shape[0]
         chunks = [chunk for chunk in chunk_intervals(meter.finish(), samples, self.chunking, self.sample_rate)
                   if self._usable(*chunk)]
+        def windows() -> Iterator[list[tuple[int, torch.Tensor]]]:
+            timed = (((start, wave), wave.shape[0] / self.sample_rate) for start, wave in cut_chunks(blocks(), chunks))
+            return group_by_duration(timed, self.chunking.batch_s)
+
+        warp = None
+        if self.vtln_warps is not None:  # one more pass over the file: the warp its chunks score best under
+            scores = [score for window in windows() for score in self._warp_scores(window)]
+            warp = self._best_warp(scores)
         pieces: list[ChunkResult] = []
-        windows = (((start, wave), wave.shape[0] / self.sample_rate) for start, wave in cut_chunks(blocks(), chunks))
-        for window in group_by_duration(windows, self.chunking.batch_s):
-            pieces.extend(self._recognise_chunks(window))
-        return self._transcript(pieces, samples)
+        for window in windows():
+            pieces.extend(self._recognise_chunks(window, None if warp is None else [warp] * len(window)))
+        return self._transcript(pieces, samples, warp)
 
     def read(self, path: str | os.PathLike) -> torch.Tensor:
         """The file as (samples,) float32 mono at the model's rate: one read when it is at most
@@ -680,46 +705,84 @@ class Transcriber:
             for start, end in split_on_silence(waveform.numpy(), self.chunking, self.sample_rate):
                 if self._usable(start, end):
                     chunks.append((source, start, waveform[start:end]))
+        pieces = [(s, w) for _, s, w in chunks]
+        warps: list[float | None] = [None] * len(waveforms)
+        if self.vtln_warps is not None:  # per waveform, the warp its chunks score best under
+            scores = self._warp_scores(pieces)
+            warps = [self._best_warp([score for (s, _, _), score in zip(chunks, scores) if s == source])
+                     for source in range(len(waveforms))]
+        chunk_warps = None if self.vtln_warps is None else [warps[source] for source, _, _ in chunks]
         chunk_results: list[list[ChunkResult]] = [[] for _ in waveforms]
-        for (source, _, _), piece in zip(chunks, self._recognise_chunks([(s, w) for _, s, w in chunks])):
+        for (source, _, _), piece in zip(chunks, self._recognise_chunks(pieces, chunk_warps)):
             chunk_results[source].append(piece)
-        return [self._transcript(pieces, waveform.shape[0]) for waveform, pieces in zip(waveforms, chunk_results)]
+        return [self._transcript(pieces, waveform.shape[0], warp)
+                for waveform, pieces, warp in zip(waveforms, chunk_results, warps)]
 
     def _usable(self, start: int, end: int) -> bool:
         # A chunk shorter than one feature frame (only in a file that short) gives the model nothing.
         return num_frames(end - start, self.feature_config) > 0
 
-    def _transcript(self, pieces: list[ChunkResult], samples: int) -> Transcript:
+    def _transcript(self, pieces: list[ChunkResult], samples: int, warp: float | None = None) -> Transcript:
         """A file's transcript from its chunks: words stitched in time, posterior statistics
         pooled over the chunks and judged against the calibration."""
         duration = samples / self.sample_rate
         words = stitch([(start, chunk_words) for start, chunk_words, _ in pieces], duration)
         stats = pool(chunk_stats for _, _, chunk_stats in pieces)
         return Transcript(" ".join(w.word for w in words), words, duration, check_domain(stats, self.calibration),
-                          stats)
+                          stats, warp)
 
-    def _recognise_chunks(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> list[ChunkResult]:
-        """(start sample, samples) chunks -> (start seconds, words, posterior statistics) per
-        chunk, in the same order; batched by length (`batch_chunks`), at most `batch_s` seconds of
-        padded audio a batch."""
+    def _batches(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor,
+                                                                                     torch.Tensor]]:
+        """(chunk indices, waves (B, samples) zero-padded, wave_lengths (B,)) per batch of chunks, by
+        length (`batch_chunks`), at most `batch_s` seconds of padded audio a batch."""
         lengths = [wave.shape[0] for _, wave in chunks]
-        results: list[ChunkResult] = [(0.0, [], PosteriorStats())] * len(chunks)
         for batch in batch_chunks(lengths, int(self.chunking.batch_s * self.sample_rate)):
             waves = torch.zeros(len(batch), lengths[batch[0]])
             for row, index in enumerate(batch):
                 waves[row, : lengths[index]] = chunks[index][1]
-            wave_lengths = torch.tensor([lengths[i] for i in batch], dtype=torch.long)
-            for index, (words, stats) in zip(batch, self._recognise(waves, wave_lengths)):
+            yield batch, waves, torch.tensor([lengths[i] for i in batch], dtype=torch.long)
+
+    def _recognise_chunks(self, chunks: Sequence[tuple[int, torch.Tensor]],
+                          warps: Sequence[float | None] | None = None) -> list[ChunkResult]:
+        """(start sample, samples) chunks -> (start seconds, words, posterior statistics) per
+        chunk, in the same order. warps: each chunk's VTLN factor (None: no warp)."""
+        results: list[ChunkResult] = [(0.0, [], PosteriorStats())] * len(chunks)
+        for batch, waves, wave_lengths in self._batches(chunks):
+            warp = None if warps is None else torch.tensor([warps[i] for i in batch])
+            for index, (words, stats) in zip(batch, self._recognise(waves, wave_lengths, warp)):
                 results[index] = (chunks[index][0] / self.sample_rate, words, stats)
         return results
 
     @torch.inference_mode()
-    def _recognise(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> list[tuple[list[Word], PosteriorStats]]:
+    def _warp_scores(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        """Per chunk, (len(vtln_warps),): the best path's log-probability summed over the chunk's
+        output frames under each warp."""
+        scores: list[torch.Tensor] = [torch.zeros(0)] * len(chunks)
+        for batch, waves, wave_lengths in self._batches(chunks):
+            per_warp = []
+            for warp in self.vtln_warps:
+                features, frame_lengths = self.inference.features(waves, wave_lengths,
+                                                                  torch.full((len(batch),), warp))
+                log_probs, out_lengths = self.inference.run_features(features, frame_lengths)
+                per_warp.append(best_path_scores(log_probs.float().cpu(), out_lengths.cpu()))
+            for index, row in zip(batch, torch.stack(per_warp, dim=1)):
+                scores[index] = row
+        return scores
+
+    def _best_warp(self, scores: Sequence[torch.Tensor]) -> float:
+        """The warp of `vtln_warps` with the highest total of `_warp_scores` rows (1 for no chunks)."""
+        if not scores:
+            return 1.0
+        return self.vtln_warps[int(torch.stack(list(scores)).sum(dim=0).argmax())]
+
+    @torch.inference_mode()
+    def _recognise(self, waves: torch.Tensor, wave_lengths: torch.Tensor,
+                   warp: torch.Tensor | None = None) -> list[tuple[list[Word], PosteriorStats]]:
         """One batch of chunks (B, samples) -> (words, posterior statistics) per chunk, times from
-        each chunk's start."""
+        each chunk's start. warp: (B,) VTLN factors, or None."""
         features = frame_lengths = None
         if hasattr(self.inference, "run_features"):  # what the model hears too (feature_spread)
-            features, frame_lengths = self.inference.features(waves, wave_lengths)
+            features, frame_lengths = self.inference.features(waves, wave_lengths, warp)
             log_probs, out_lengths = self.inference.run_features(features, frame_lengths)
         else:  # a stand-in model: waveforms to log-probabilities only
             log_probs, out_lengths = self.inference(waves, wave_lengths)  # (B, T, V) on cpu, (B,)

@@ -50,17 +50,26 @@ class _Timed:
             self.seconds += time.perf_counter() - start
 
 
-def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repeat: int = 1) -> dict:
+def bench(inference, decoder, waveforms, refs, label: str, batch_s: float, repeat: int = 1,
+          vtln_warps=None) -> dict:
     """Transcribe every waveform with `decoder`, `repeat` times; returns the row of the table for
-    the run with the median wall time, and the range of x real time over the runs."""
+    the run with the median wall time, and the range of x real time over the runs. vtln_warps:
+    test-time VTLN per waveform (`Transcriber`), its extra model passes counted as model time."""
+    from types import SimpleNamespace
+
     from asr.score import wer_cer
     from asr.transcribe import ChunkingConfig, Transcriber, group_by_duration
 
-    model_time = _Timed(inference.forward)
     search_time = _Timed(decoder.decode)
     decoder.decode = search_time
-    transcriber = Transcriber(inference, decoder, ChunkingConfig(batch_s=max(batch_s, ChunkingConfig.max_chunk_s)))
-    transcriber.inference = model_time
+    transcriber = Transcriber(inference, decoder, ChunkingConfig(batch_s=max(batch_s, ChunkingConfig.max_chunk_s)),
+                              vtln_warps)
+    if vtln_warps is None:
+        model_time = transcriber.inference = _Timed(inference.forward)
+    else:  # the warp needs the model's features and network apart: one clock for both
+        model_time = _Timed(lambda run, *args: run(*args))
+        transcriber.inference = SimpleNamespace(features=lambda *a: model_time(inference.features, *a),
+                                                run_features=lambda *a: model_time(inference.run_features, *a))
     rate = transcriber.sample_rate
     # Groups of about batch_s seconds, as asr transcribe groups files (batch_s <= 0: one at a time).
     plan = list(group_by_duration(((w, len(w) / rate) for w in waveforms), batch_s))
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(onnxruntime, same thread count), e.g. torch,onnx,onnx-int8 (default torch)")
     parser.add_argument("--export", help="an `asr export` folder for the onnx rows (default: --model is "
                         "exported to a temporary folder first, untimed)")
+    parser.add_argument("--vtln", action="store_true", help="test-time VTLN per utterance, as asr transcribe --vtln")
     args = parser.parse_args(argv)
 
     from asr.audio import load_audio, resample
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr.data.manifest import read_manifest
     from asr.decode import build_decoder
     from asr.errors import AsrError
+    from asr.evaluate import VTLN_WARPS
     from asr.inference import InferenceModel
     from asr.model import count_parameters
 
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise AsrError(f"unknown decoder row {label!r}: use greedy, beam, beam+lm")
             decoder = build_decoder(options, inference.tokenizer, inference.seconds_per_frame)
             rows.append(bench(model, decoder, waveforms, refs, label, 0.0 if args.one_by_one else args.batch_s,
-                              max(1, args.repeat)) | {"backend": backend})
+                              max(1, args.repeat), VTLN_WARPS if args.vtln else None) | {"backend": backend})
     except AsrError as err:
         print(f"bench_decode: error: {err}", file=sys.stderr)
         return 1
@@ -180,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'one at a time' if args.one_by_one else f'groups of {args.batch_s:g} s'}; beam size {args.beam_size}; "
           f"median of {args.repeat} runs"
           + (f"; audio through {args.input_rate} Hz" if args.input_rate else "")
+          + ("; test-time VTLN per utterance" if args.vtln else "")
           + (f"; LM {args.lm} (weight {args.lm_weight}, word score {args.word_score})" if args.lm else ""))
     header = (f"{'backend':<10} {'decoder':<10} {'audio s':>9} "
               f"{'wall s':>8} {'x real time':>12} {'(range)':>11} {'model s':>8} "

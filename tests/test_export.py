@@ -278,5 +278,13 @@ def test_bench_decode_reports_torch_onnx_and_int8_rows_in_one_run(tmp_path, caps
     assert [row[:2] for row in rows] == [["torch", "greedy"], ["onnx", "greedy"], ["onnx-int8", "greedy"]]
     assert rows[0][-1] == rows[1][-1]  # fp32 ONNX: the same WER as PyTorch
     assert all(float(row[4]) > 0 for row in rows)  # x real time
+    # with test-time VTLN: both backends warp through the same front-end, so the same words
+    assert bench.main(["--model", str(checkpoint), "--manifest", str(manifest), "--decoders", "greedy",
+                       "--backends", "torch,onnx", "--repeat", "1", "--vtln"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "test-time VTLN per utterance" in out[0]
+    rows = [line.split() for line in out[3:]]
+    assert [row[:2] for row in rows] == [["torch", "greedy"], ["onnx", "greedy"]]
+    assert rows[0][-1] == rows[1][-1] and all(float(row[6]) > 0 for row in rows)  # WER; model seconds
     assert bench.main(["--model", str(checkpoint), "--manifest", str(manifest), "--backends", "tflite"]) == 1
     assert "unknown backend 'tflite'" in capsys.readouterr().err

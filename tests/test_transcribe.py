@@ -330,7 +330,7 @@ def test_cli_tuned_from_takes_the_weights_tuned_by_decode(checkpoint, tmp_path, 
     tuned.write_text(json.dumps({"lm_weight": 0.75, "word_score": -1.5}))
     seen = {}
 
-    def fake_from_checkpoint(path, device=None, options=None, chunking=None):
+    def fake_from_checkpoint(path, device=None, options=None, chunking=None, vtln_warps=None):
         seen.update(decoder=options.decoder, lm_weight=options.lm_weight, word_score=options.word_score)
         raise transcribe.AsrError("stop here")  # the options are all this test needs
 
@@ -365,9 +365,9 @@ def test_cli_beam_options_reach_the_beam_decoder(checkpoint, tmp_path, capsys, m
     built = []
     real_init = transcribe.Transcriber.__init__
 
-    def spy_init(self, inference_model, decoder, chunking=transcribe.ChunkingConfig()):
+    def spy_init(self, inference_model, decoder, chunking=transcribe.ChunkingConfig(), vtln_warps=None):
         built.append(decoder)
-        real_init(self, inference_model, decoder, chunking)
+        real_init(self, inference_model, decoder, chunking, vtln_warps)
 
     monkeypatch.setattr(transcribe.Transcriber, "__init__", spy_init)
     code = main(["transcribe", "--model", str(checkpoint), "--decoder", "beam", "--lm", str(tmp_path / "lm.arpa"),
@@ -750,3 +750,48 @@ def test_probe_decodes_as_the_inference_model_and_warp_one_is_kaldis_own(checkpo
     assert cer["oracle"] == min(cer[f"warp {w:g}"] for w in (0.9, 1.0, 1.1))
     assert set(hyps["_chosen"]) == {"1"}
     assert hyps["pick/speaker"] == hyps[f"warp {hyps['_chosen']['1']:g}"]
+
+
+# --- test-time VTLN -----------------------------------------------------------------------------
+def test_vtln_transcribes_each_file_at_the_warp_its_chunks_score_best(checkpoint, tmp_path, capsys):
+    from asr.cli import main
+    from asr.decode import best_path_scores
+    from asr.errors import ConfigError
+
+    warps = (0.9, 1.0, 1.1)
+    plain = Transcriber.from_checkpoint(checkpoint, device="cpu")
+    vtln = Transcriber.from_checkpoint(checkpoint, device="cpu", vtln_warps=warps)
+    one = Transcriber.from_checkpoint(checkpoint, device="cpu", vtln_warps=[1.0])
+    waves = [torch.from_numpy(tone_bursts([(0.3, 1.1), (1.6, 2.4)], 3.0, seed=s)) for s in (0, 1)]
+    # the warp chosen independently: each file's chunks (as split_on_silence cuts them) through the
+    # model at every warp, their best paths' scores summed
+    expected = []
+    for wave in waves:
+        totals = [0.0] * len(warps)
+        for start, end in split_on_silence(wave.numpy(), plain.chunking, SR):
+            for i, warp in enumerate(warps):
+                piece = wave[start:end][None]
+                log_probs, lengths = plain.inference(piece, torch.tensor([end - start]), torch.tensor([warp]))
+                totals[i] += float(best_path_scores(log_probs, lengths)[0])
+        expected.append(warps[max(range(len(warps)), key=totals.__getitem__)])
+    together = vtln.transcribe_waveforms(waves)
+    assert [t.vtln_warp for t in together] == expected
+    for wave, transcript, warp in zip(waves, together, expected):
+        alone = Transcriber.from_checkpoint(checkpoint, device="cpu", vtln_warps=[warp]).transcribe_waveform(wave)
+        assert transcript.text == alone.text and alone.vtln_warp == warp
+    # a warp of 1 is Kaldi's own filterbank; no warp leaves no trace in the output
+    assert one.transcribe_waveform(waves[0]).text == plain.transcribe_waveform(waves[0]).text
+    assert "vtln_warp" not in plain.transcribe_waveform(waves[0]).to_dict()
+    assert Transcript.from_dict(together[0].to_dict()).vtln_warp == expected[0]
+
+    # a file read in blocks (longer than read_block_s) gets the same warp as read whole
+    path = tmp_path / "long.wav"
+    soundfile.write(path, waves[1].numpy(), SR, subtype="FLOAT")
+    streamed = Transcriber(vtln.inference, vtln.decoder, dataclasses.replace(vtln.chunking, read_block_s=1.0),
+                           warps).transcribe(path)
+    assert streamed.vtln_warp == expected[1]
+
+    code = main(["transcribe", "--model", str(checkpoint), "--vtln", "--output-format", "json", str(path)])
+    assert code == 0 and json.loads(capsys.readouterr().out)["vtln_warp"] in (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+    with pytest.raises(ConfigError, match="VTLN warps must be positive"):
+        Transcriber(vtln.inference, vtln.decoder, vtln_warps=[])
