@@ -705,15 +705,16 @@ class Transcriber:
             for start, end in split_on_silence(waveform.numpy(), self.chunking, self.sample_rate):
                 if self._usable(start, end):
                     chunks.append((source, start, waveform[start:end]))
-        pieces = [(s, w) for _, s, w in chunks]
+        spans = [(start, wave) for _, start, wave in chunks]
         warps: list[float | None] = [None] * len(waveforms)
         if self.vtln_warps is not None:  # per waveform, the warp its chunks score best under
-            scores = self._warp_scores(pieces)
-            warps = [self._best_warp([score for (s, _, _), score in zip(chunks, scores) if s == source])
-                     for source in range(len(waveforms))]
+            by_source: list[list[torch.Tensor]] = [[] for _ in waveforms]
+            for (source, _, _), score in zip(chunks, self._warp_scores(spans)):
+                by_source[source].append(score)
+            warps = [self._best_warp(scores) for scores in by_source]
         chunk_warps = None if self.vtln_warps is None else [warps[source] for source, _, _ in chunks]
         chunk_results: list[list[ChunkResult]] = [[] for _ in waveforms]
-        for (source, _, _), piece in zip(chunks, self._recognise_chunks(pieces, chunk_warps)):
+        for (source, _, _), piece in zip(chunks, self._recognise_chunks(spans, chunk_warps)):
             chunk_results[source].append(piece)
         return [self._transcript(pieces, waveform.shape[0], warp)
                 for waveform, pieces, warp in zip(waveforms, chunk_results, warps)]
