@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--margin", type=float, default=calibrate.DEFAULT_MARGIN, help="with --calibrate-on")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--vtln", action="store_true",
+                   help="judge the manifests transcribed with test-time VTLN (asr transcribe --vtln), against the "
+                        "calibration made without it (as asr calibrate makes it)")
     args = p.parse_args(argv)
 
     from asr.transcribe import Transcriber
@@ -63,6 +66,13 @@ def main(argv=None) -> int:
         print(f"{args.model}: checkpoint is not calibrated (asr calibrate, or --calibrate-on DEV)", file=sys.stderr)
         return 1
     print(calibrate.describe(transcriber.calibration))
+    if args.vtln:
+        from asr.evaluate import VTLN_WARPS
+
+        calibration = transcriber.calibration
+        transcriber = Transcriber(transcriber.inference, transcriber.decoder, transcriber.chunking, VTLN_WARPS)
+        transcriber.calibration = calibration
+        print("manifests transcribed with test-time VTLN")
     report = {}
     for manifest in args.manifests:
         values = calibrate.manifest_values(transcriber, manifest)

@@ -795,3 +795,33 @@ def test_vtln_transcribes_each_file_at_the_warp_its_chunks_score_best(checkpoint
     assert code == 0 and json.loads(capsys.readouterr().out)["vtln_warp"] in (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
     with pytest.raises(ConfigError, match="VTLN warps must be positive"):
         Transcriber(vtln.inference, vtln.decoder, vtln_warps=[])
+
+
+def test_check_flag_judges_vtln_transcripts_against_the_plain_calibration(checkpoint, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "check_flag", Path(__file__).resolve().parents[1] / "scripts" / "check_flag.py")
+    check_flag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_flag)
+    lines = []
+    for i in range(4):
+        soundfile.write(tmp_path / f"u{i}.wav", tone_bursts([(0.2, 0.9), (1.2, 1.7)], 2.0, seed=i), SR)
+        lines.append(json.dumps({"id": f"s-1-{i}", "audio": f"u{i}.wav", "duration": 2.0, "text": "A", "speaker": "s"}))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    report, printed = {}, {}
+    for extra in ([], ["--vtln"]):
+        out = tmp_path / f"report{len(extra)}.json"
+        assert check_flag.main(["--model", str(checkpoint), "--calibrate-on", str(manifest), str(manifest),
+                                "--json", str(out), *extra]) == 0
+        report[bool(extra)] = json.loads(out.read_text())[str(manifest)]
+        printed[bool(extra)] = capsys.readouterr().out
+    # calibrated without the warp both times (the same rules printed first), judged with it once
+    assert "manifests transcribed with test-time VTLN" in printed[True]
+    assert "manifests transcribed with test-time VTLN" not in printed[False]
+    assert printed[True].split("manifests transcribed")[0] == printed[False].split(f"{manifest}:")[0]
+    assert report[False]["utterances"] == report[True]["utterances"] == 4
+    entropy = [report[v]["statistics"]["entropy"]["median"] for v in (False, True)]
+    assert entropy[0] != pytest.approx(entropy[1], abs=1e-6)  # the warped features are what it judged
