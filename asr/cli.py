@@ -326,7 +326,8 @@ def _add_decode(sub) -> None:
 
 def _run_decode(args) -> int:
     from asr.device import resolve_device
-    from asr.evaluate import VTLN_WARPS, TuneGrid, decode_manifest
+    from asr.evaluate import TuneGrid, decode_manifest
+    from asr.inference import VTLN_WARPS
 
     options = _decoding_options(args)
     tune = None
@@ -501,7 +502,7 @@ def _add_transcribe(sub) -> None:
 
 def _run_transcribe(args) -> int:
     from asr.device import resolve_device
-    from asr.evaluate import VTLN_WARPS
+    from asr.inference import VTLN_WARPS
     from asr.transcribe import ChunkingConfig, Transcriber, expand_inputs, transcribe_files
 
     if args.skip_existing and not args.output_dir:

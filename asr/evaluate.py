@@ -22,9 +22,10 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from asr.decode import BeamSearchDecoder, DecodingOptions, Hypothesis, best_path_scores, build_decoder
+from asr.decode import BeamSearchDecoder, DecodingOptions, Hypothesis, build_decoder
 from asr.errors import ConfigError, DataError
 from asr.fileio import atomic_write_text
+from asr.inference import VTLN_WARPS, check_warps, warp_scores
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,6 @@ def tune_weights(
 # --- decoding a manifest -------------------------------------------------------------------------
 
 
-# Test-time VTLN (`asr decode --vtln`): the warps tried for each speaker, around 1 as far as the
-# demo's vocal tract length perturbation goes in training (conf/demo.yaml vtlp.warp).
-VTLN_WARPS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
-
-
 @dataclass
 class _Timing:
     """Seconds spent, for the real-time factors of results.json."""
@@ -205,14 +201,10 @@ def speaker_warps(model, records: list[dict], warps: Sequence[float] = VTLN_WARP
     totals: dict[str, torch.Tensor] = {}
     for batch in _batches(model, records, max_duration, num_workers, desc):
         start = time.perf_counter()
-        scores = []
-        for warp in warps:
-            log_probs, out_lengths = model(batch.waveforms, batch.wave_lengths,
-                                           torch.full((len(batch.ids),), float(warp)))
-            scores.append(best_path_scores(log_probs, out_lengths))  # (B,)
+        scores = warp_scores(model, batch.waveforms, batch.wave_lengths, warps)  # (B, warps)
         if timing is not None:
             timing.model += time.perf_counter() - start
-        for utt, row in zip(batch.ids, torch.stack(scores, dim=1)):
+        for utt, row in zip(batch.ids, scores):
             spk = speaker[utt]
             totals[spk] = totals[spk] + row if spk in totals else row
     return {spk: float(warps[int(total.argmax())]) for spk, total in sorted(totals.items())}
@@ -302,8 +294,7 @@ def decode_manifest(
     timing = _Timing()
     warp_of = None
     if vtln_warps is not None:
-        if not vtln_warps or min(vtln_warps) <= 0:
-            raise ConfigError(f"VTLN warps must be positive, got {list(vtln_warps)}")
+        vtln_warps = check_warps(vtln_warps)
         chosen = speaker_warps(model, records, vtln_warps, max_duration, num_workers, timing, f"VTLN {set_name}")
         warp_of = {r["id"]: chosen[str(r["speaker"])] for r in records}
     outputs = _model_outputs(model, records, max_duration, num_workers, f"decode {set_name}", timing, warp_of)
@@ -319,7 +310,7 @@ def decode_manifest(
     results = _results(set_name, manifest, model, decoded, result.summary(), timing, options)
     label = decoder_label(options)
     if vtln_warps is not None:
-        results["vtln"] = {"warps": [float(w) for w in vtln_warps], "speakers": chosen}
+        results["vtln"] = {"warps": list(vtln_warps), "speakers": chosen}
         label += "-vtln"
     out_dir = Path(exp) / "decode" / set_name / label
     write_decode_dir(out_dir, ids, refs, hyp_texts, result, results, decoded.decoder)

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from asr.checkpoint import load_checkpoint, resolve_checkpoint
-from asr.errors import DataError
+from asr.decode import best_path_scores
+from asr.errors import ConfigError, DataError
 from asr.runtime import autocast_context, recurrent_dtype
+
+# Test-time VTLN (`asr decode --vtln`, `asr transcribe --vtln`): the warps tried for each speaker
+# or file, around 1 as far as the demo's vocal tract length perturbation goes in training
+# (conf/demo.yaml vtlp.warp).
+VTLN_WARPS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+
+
+def check_warps(warps: Sequence[float]) -> tuple[float, ...]:
+    """VTLN warps as floats; ConfigError unless there is at least one and every one is positive."""
+    if not warps or min(warps) <= 0:
+        raise ConfigError(f"VTLN warps must be positive, got {list(warps)}")
+    return tuple(float(w) for w in warps)
+
+
+def warp_scores(model, waveforms: Tensor, wave_lengths: Tensor, warps: Sequence[float]) -> Tensor:
+    """(B, len(warps)) float64: each utterance's best-path score (`asr.decode.best_path_scores`)
+    with its features under each VTLN warp, one model pass per warp; what test-time VTLN chooses
+    by (`asr.evaluate.speaker_warps`, `asr.transcribe.Transcriber`). `model`: an InferenceModel
+    or OnnxInferenceModel (its `features` and `run_features`)."""
+    scores = []
+    for warp in warps:
+        warp = torch.full((waveforms.shape[0],), float(warp))
+        log_probs, out_lengths = model.run_features(*model.features(waveforms, wave_lengths, warp))
+        scores.append(best_path_scores(log_probs.float().cpu(), out_lengths.cpu()))
+    return torch.stack(scores, dim=1)
 
 
 class InferenceModel:

@@ -1209,14 +1209,7 @@ def collect_results(exp_dirs: Sequence[str | os.PathLike], title: str = "Results
     rows = []
     for exp in exp_dirs:
         exp = Path(exp)
-        # Per set: greedy, then beam, then beam + LM, as the table reads best; the same again with
-        # test-time VTLN ("-vtln" folders, `asr decode --vtln`).
-        def order(path: Path) -> tuple:
-            label = path.parent.name
-            base = label.removesuffix("-vtln")
-            return path.parent.parent.name, base != label, {"greedy": 0, "beam": 1}.get(base, 2), label
-
-        files = sorted(exp.glob("decode/*/*/results.json"), key=order)
+        files = sorted(exp.glob("decode/*/*/results.json"), key=_table_order)
         rows += [_results_row(exp, path) for path in files]
     if not rows:
         raise DataError("no decode/<set>/<decoder>/results.json under " + ", ".join(map(str, exp_dirs)))
@@ -1226,6 +1219,14 @@ def collect_results(exp_dirs: Sequence[str | os.PathLike], title: str = "Results
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "WER 95% CI: bootstrap over utterances (1000 resamples). Written by `asr results`."]
     return "\n".join(lines) + "\n"
+
+
+def _table_order(path: Path) -> tuple:
+    """Sort key of a decode/<set>/<label>/results.json: per set, greedy, then beam, then beam + LM,
+    as the table reads best; the same again with test-time VTLN ("-vtln" folders, `asr decode --vtln`)."""
+    label = path.parent.name
+    base = label.removesuffix("-vtln")
+    return path.parent.parent.name, base != label, {"greedy": 0, "beam": 1}.get(base, 2), label
 
 
 def _results_row(exp: Path, path: Path) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ import torch
 
 from asr.audio import SAMPLE_RATE, audio_info, load_audio, resample, stream_audio
 from asr.calibrate import DomainCheck, PosteriorStats, check_domain, pool, posterior_stats
-from asr.decode import DecodingOptions, best_path_scores, build_decoder
+from asr.decode import DecodingOptions, build_decoder
 from asr.errors import AsrError, AudioError, ConfigError
 from asr.features import check_vtln, num_frames
 
@@ -592,17 +592,18 @@ class Transcriber:
         """inference_model: an `asr.inference.InferenceModel`; decoder: from `asr.decode.build_decoder`.
         vtln_warps: test-time VTLN, each file's filterbank warped by the one of these factors its
         chunks' best paths score highest under (as `asr.evaluate.speaker_warps` per speaker; one more
-        model pass per factor), e.g. `asr.evaluate.VTLN_WARPS`; None: no warp."""
+        model pass per factor), e.g. `asr.inference.VTLN_WARPS`; None: no warp."""
         self.inference = inference_model
         self.decoder = decoder
         self.chunking = chunking
+        self.vtln_warps = None
         if vtln_warps is not None:
-            if not vtln_warps or min(vtln_warps) <= 0:
-                raise ConfigError(f"VTLN warps must be positive, got {list(vtln_warps)}")
+            from asr.inference import check_warps
+
+            self.vtln_warps = check_warps(vtln_warps)
             if not hasattr(inference_model, "run_features"):
                 raise ConfigError("VTLN needs a model that computes its own features")
             check_vtln(inference_model.feature_config, "VTLN")
-        self.vtln_warps = None if vtln_warps is None else tuple(float(w) for w in vtln_warps)
         self.feature_config = inference_model.feature_config
         self.sample_rate = int(inference_model.feature_config.sample_rate)
         self.seconds_per_frame = float(inference_model.seconds_per_frame)
@@ -662,6 +663,7 @@ class Transcriber:
             samples += block.shape[0]
         chunks = [chunk for chunk in chunk_intervals(meter.finish(), samples, self.chunking, self.sample_rate)
                   if self._usable(*chunk)]
+
         def windows() -> Iterator[list[tuple[int, torch.Tensor]]]:
             timed = (((start, wave), wave.shape[0] / self.sample_rate) for start, wave in cut_chunks(blocks(), chunks))
             return group_by_duration(timed, self.chunking.batch_s)
@@ -758,15 +760,11 @@ class Transcriber:
     def _warp_scores(self, chunks: Sequence[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
         """Per chunk, (len(vtln_warps),): the best path's log-probability summed over the chunk's
         output frames under each warp."""
+        from asr.inference import warp_scores
+
         scores: list[torch.Tensor] = [torch.zeros(0)] * len(chunks)
         for batch, waves, wave_lengths in self._batches(chunks):
-            per_warp = []
-            for warp in self.vtln_warps:
-                features, frame_lengths = self.inference.features(waves, wave_lengths,
-                                                                  torch.full((len(batch),), warp))
-                log_probs, out_lengths = self.inference.run_features(features, frame_lengths)
-                per_warp.append(best_path_scores(log_probs.float().cpu(), out_lengths.cpu()))
-            for index, row in zip(batch, torch.stack(per_warp, dim=1)):
+            for index, row in zip(batch, warp_scores(self.inference, waves, wave_lengths, self.vtln_warps)):
                 scores[index] = row
         return scores
 

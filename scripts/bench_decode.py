@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr.data.manifest import read_manifest
     from asr.decode import build_decoder
     from asr.errors import AsrError
-    from asr.evaluate import VTLN_WARPS
-    from asr.inference import InferenceModel
+    from asr.inference import VTLN_WARPS, InferenceModel
     from asr.model import count_parameters
 
     torch.set_num_threads(args.threads)

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         return 1
     print(calibrate.describe(transcriber.calibration))
     if args.vtln:
-        from asr.evaluate import VTLN_WARPS
+        from asr.inference import VTLN_WARPS
 
         calibration = transcriber.calibration
         transcriber = Transcriber(transcriber.inference, transcriber.decoder, transcriber.chunking, VTLN_WARPS)

@@ -24,6 +24,7 @@ One thread, CPU. A manifest of real_dev: see README "What it measures here".
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.audio import load_audio, resample  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
-from asr.decode import GreedyDecoder  # noqa: E402
-from asr.features import compute_features  # noqa: E402
+from asr.decode import GreedyDecoder, best_path_scores  # noqa: E402
 from asr.frontend import utterance_mean_removed  # noqa: E402
 from asr.inference import InferenceModel  # noqa: E402
 from asr.score import score_texts, speaker_of  # noqa: E402
@@ -44,19 +44,17 @@ from asr.score import score_texts, speaker_of  # noqa: E402
 def greedy(inference: InferenceModel, decoder: GreedyDecoder, wave: torch.Tensor,
            warp: float | None = None, stretch: float = 1.0) -> tuple[str, float]:
     """One utterance -> (greedy text, mean over output frames of the best token's log-probability)."""
-    lengths = torch.tensor([wave.numel()])
-    feats, frames = compute_features(wave[None], lengths, inference.feature_config, dither=0.0,
-                                     warp=None if warp is None else torch.tensor([warp]))
-    if stretch != 1.0:
+    feats, frames = inference.features(wave[None], torch.tensor([wave.numel()]),
+                                       None if warp is None else torch.tensor([warp]))
+    if stretch != 1.0:  # CMVN is affine per dimension, so stretching after it is stretching before it
         frames = torch.tensor([round(int(frames[0]) * stretch)])
         feats = torch.nn.functional.interpolate(feats.transpose(1, 2), size=int(frames[0]), mode="linear",
                                                 align_corners=True).transpose(1, 2)
-    feats = inference.frontend.cmvn(feats, frames)
-    if inference.feature_config.utterance_cmn:
-        feats = utterance_mean_removed(feats, frames)
+        if inference.feature_config.utterance_cmn:  # the stretched utterance's own mean
+            feats = utterance_mean_removed(feats, frames)
     log_probs, out_lengths = inference.run_features(feats, frames)
-    best = log_probs[0, : int(out_lengths[0])].max(dim=-1).values
-    return decoder.decode(log_probs, out_lengths)[0].text, float(best.mean()) if best.numel() else float("-inf")
+    score = float(best_path_scores(log_probs, out_lengths)[0]) / int(out_lengths[0]) if out_lengths[0] else -math.inf
+    return decoder.decode(log_probs, out_lengths)[0].text, score
 
 
 def probe(inference: InferenceModel, records: list[dict], warps: list[float], speeds: list[float],

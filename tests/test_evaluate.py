@@ -220,7 +220,11 @@ def test_speaker_warps_pool_each_speakers_frames(tmp_path):
     class StandIn:
         tokenizer, sample_rate = inference.tokenizer, inference.sample_rate
 
-        def __call__(self, waveforms, wave_lengths, warp=None):
+        def features(self, waveforms, wave_lengths, warp=None):  # what it "hears": the audio and the warp
+            return (waveforms, warp), wave_lengths
+
+        def run_features(self, heard, wave_lengths):
+            waveforms, warp = heard
             level = waveforms.abs().amax(dim=1) / WAVEFORM_SCALE  # the loader's batches are int16
             target = torch.where(level < 0.07, 0.9, torch.where(level < 0.2, 1.05, 1.1))
             frames = wave_lengths // 160
