@@ -36,7 +36,7 @@ RNN_TYPES = ("rnn", "gru", "lstm")
 FRONTENDS = ("none", "conv")
 NORMS = ("none", "layer", "batch")
 NONLINEARITIES = ("tanh", "relu")
-SUBSAMPLES = (1, 2, 4)
+SUBSAMPLES = (1, 2, 3, 4)
 
 # DS2's two conv layers, (time, freq) kernels; odd sizes with half-kernel padding keep the
 # output frame t centred on input frame t * stride. Frequency is halved by each layer.
@@ -54,7 +54,7 @@ class ModelConfig:
     input_dim: int = 80  # feature dimension D (FeatureConfig.dim: mel bins or cepstra)
     vocab_size: int = 29  # output classes including the CTC blank (Tokenizer.vocab_size)
     frontend: str = "conv"  # "conv": 2-D conv stack (time subsampling); "none": features go straight to the RNN
-    subsample: int = 4  # time subsampling of the conv front-end: 1, 2 or 4 (must be 1 with frontend "none")
+    subsample: int = 4  # time subsampling of the conv front-end: 1, 2, 3 or 4 (must be 1 with frontend "none")
     conv_channels: int = 32  # channels of each conv layer
     # (time, freq) kernel of each of the two conv layers, odd sizes
     conv_kernels: tuple[tuple[int, int], ...] = DS2_CONV_KERNELS
@@ -102,7 +102,7 @@ class ConvFrontend(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        time_strides = {1: (1, 1), 2: (2, 1), 4: (2, 2)}[config.subsample]
+        time_strides = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2)}[config.subsample]
         channels = config.conv_channels
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
