@@ -36,7 +36,9 @@ RNN_TYPES = ("rnn", "gru", "lstm")
 FRONTENDS = ("none", "conv")
 NORMS = ("none", "layer", "batch")
 NONLINEARITIES = ("tanh", "relu")
-SUBSAMPLES = (1, 2, 3, 4)
+# Time stride of each of the two conv layers for each time subsampling the front-end offers.
+CONV_TIME_STRIDES = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2)}
+SUBSAMPLES = tuple(CONV_TIME_STRIDES)
 
 # DS2's two conv layers, (time, freq) kernels; odd sizes with half-kernel padding keep the
 # output frame t centred on input frame t * stride. Frequency is halved by each layer.
@@ -102,7 +104,7 @@ class ConvFrontend(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        time_strides = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2)}[config.subsample]
+        time_strides = CONV_TIME_STRIDES[config.subsample]
         channels = config.conv_channels
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
